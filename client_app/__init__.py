@@ -1,0 +1,1 @@
+"""Flower ClientApp: message handlers and client state persistence."""
