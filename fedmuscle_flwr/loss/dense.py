@@ -80,8 +80,8 @@ def build_dense_payload(
     if needed > max_bytes:
         raise ValueError(
             f"the dense payload for B={batch}, M={num_others}, d={dim} would take "
-            f"{needed:,} bytes, over the limit of {max_bytes:,}; use the factored payload (payload='factored'), "
-            "or a smaller public batch B or number of partners M"
+            f"{needed:,} bytes, over the limit of {max_bytes:,}; use the factored payload "
+            "(payload='factored'), or a smaller public batch B or number of partners M"
         )
     check_unit_rows("others", stacked)
     if log_alpha_pairs is None:
