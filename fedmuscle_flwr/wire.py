@@ -1,0 +1,319 @@
+"""What crosses the wire: representations (client -> server) and payloads (server -> client).
+
+The only library module that imports Flower. Every reader validates what arrived before
+any math sees it (size, serialisation, dtype, shape, metadata, finiteness, row norms,
+round id) and raises :class:`WireError`, which names the sender, the field and what to do,
+so the strategy can leave that one sender out of the round and carry on.
+
+Record layout in a message's :class:`~flwr.app.RecordDict`:
+
+- representation: ArrayRecord ``"representation"`` with array ``"z"`` (B, d) and
+  ConfigRecord ``"representation.meta"`` with ``round``, ``rows``, ``dim``,
+  ``batch-digest``.
+- payload: ArrayRecord ``"muscle"`` with ``"others"`` (M, B, d), ``"log-alpha-pairs"``
+  (C(M,2), B, B) and, in dense form, ``"aggregated"`` (B^M, d) and ``"log-alpha"`` (B^M,);
+  ConfigRecord ``"muscle.meta"`` with ``round``, ``partner-ids``, ``form``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from torch import Tensor
+
+from fedmuscle_flwr.aggregation import UserPayload
+from fedmuscle_flwr.loss import GRPC_MAX_MESSAGE_BYTES
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "DEFAULT_MAX_REPRESENTATION_BYTES",
+    "NORM_ATOL",
+    "PAYLOAD_KEY",
+    "REPRESENTATION_KEY",
+    "WireError",
+    "batch_digest",
+    "has_payload",
+    "payload_from_records",
+    "payload_to_records",
+    "record_nbytes",
+    "representation_from_records",
+    "representation_to_records",
+]
+
+REPRESENTATION_KEY = "representation"
+PAYLOAD_KEY = "muscle"
+#: Float dtypes accepted on the wire; arrays are converted to float32 on arrival.
+ALLOWED_DTYPES = frozenset({"float16", "float32", "float64"})
+#: Default cap on one uploaded representation matrix (256 x 8192 float32 is 8 MiB).
+DEFAULT_MAX_REPRESENTATION_BYTES = 64 * 1024 * 1024
+#: Row-norm tolerance on arrival: loose enough for bfloat16/float16 encoders; rows are then
+#: re-normalised exactly so the loss sees unit rows.
+NORM_ATOL = 1e-2
+
+
+class WireError(ValueError):
+    """A record that failed validation on arrival.
+
+    Attributes
+    ----------
+    sender
+        Node id of the sender when known (None on the client, for server payloads).
+    field
+        The record or array that was wrong.
+    """
+
+    def __init__(self, reason: str, *, field: str, sender: int | None = None) -> None:
+        who = f" from node {sender}" if sender is not None else ""
+        super().__init__(f"invalid {field}{who}: {reason}")
+        self.reason = reason
+        self.field = field
+        self.sender = sender
+
+
+def batch_digest(indices: Sequence[int]) -> str:
+    """Short digest of the public batch's indices; both sides must agree on it."""
+    data = np.asarray(list(indices), dtype=np.int64).tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def record_nbytes(content: RecordDict) -> int:
+    """Bytes of array data in a message's content (for uplink/downlink accounting)."""
+    return sum(
+        len(array.data) for record in content.array_records.values() for array in record.values()
+    )
+
+
+# ----------------------------------------------------------------- representation
+
+
+def representation_to_records(z: Tensor, *, round_id: int, digest: str) -> RecordDict:
+    """Records carrying Z_n (B, d) for ``round_id``; bfloat16 is sent as float32."""
+    array = z.detach().to(torch.float32 if z.dtype == torch.bfloat16 else z.dtype).cpu()
+    return RecordDict(
+        {
+            REPRESENTATION_KEY: ArrayRecord({"z": Array(array.numpy())}),
+            f"{REPRESENTATION_KEY}.meta": ConfigRecord(
+                {
+                    "round": round_id,
+                    "rows": array.shape[0],
+                    "dim": array.shape[1],
+                    "batch-digest": digest,
+                }
+            ),
+        }
+    )
+
+
+def representation_from_records(
+    content: RecordDict,
+    *,
+    round_id: int,
+    rows: int,
+    digest: str | None = None,
+    dim: int | None = None,
+    sender: int | None = None,
+    max_bytes: int = DEFAULT_MAX_REPRESENTATION_BYTES,
+) -> Tensor:
+    """Read and validate Z_n from a reply; returns a float32 (B, d) tensor on the CPU.
+
+    Raises
+    ------
+    WireError
+        On anything that is not a finite, unit-norm (rows, dim) float matrix for this round.
+    """
+    meta = _config(content, f"{REPRESENTATION_KEY}.meta", sender)
+    _check_round(meta, round_id, f"{REPRESENTATION_KEY}.meta", sender)
+    if digest is not None and meta.get("batch-digest") != digest:
+        raise WireError(
+            f"batch digest {meta.get('batch-digest')!r} != {digest!r}: Z was computed on "
+            "another public batch",
+            field=f"{REPRESENTATION_KEY}.meta",
+            sender=sender,
+        )
+    array = _array(content, REPRESENTATION_KEY, "z", sender, max_bytes)
+    field = f"{REPRESENTATION_KEY}/z"
+    expected = (rows, dim if dim is not None else array.shape[-1])
+    if array.ndim != 2 or array.shape != expected:
+        raise WireError(f"shape {array.shape}, expected {expected}", field=field, sender=sender)
+    declared = (meta.get("rows"), meta.get("dim"))
+    if declared != array.shape:
+        raise WireError(
+            f"metadata says (rows, dim) = {declared!r} but the array is {array.shape}",
+            field=field,
+            sender=sender,
+        )
+    return _finite_unit_rows(array, field, sender)
+
+
+# ----------------------------------------------------------------- payload
+
+
+def payload_to_records(payload: UserPayload, *, round_id: int) -> RecordDict:
+    """Records carrying one user's payload for ``round_id``."""
+    arrays = {"others": payload.others, "log-alpha-pairs": payload.log_alpha_pairs}
+    if payload.aggregated is not None and payload.log_alpha is not None:
+        arrays |= {"aggregated": payload.aggregated, "log-alpha": payload.log_alpha}
+    return RecordDict(
+        {
+            PAYLOAD_KEY: ArrayRecord(
+                {k: Array(v.detach().cpu().numpy()) for k, v in arrays.items()}
+            ),
+            f"{PAYLOAD_KEY}.meta": ConfigRecord(
+                {
+                    "round": round_id,
+                    "partner-ids": [int(p) for p in payload.partner_ids],
+                    "form": "dense" if payload.is_dense else "factored",
+                }
+            ),
+        }
+    )
+
+
+def has_payload(content: RecordDict) -> bool:
+    """Whether a message carries a Muscle payload (round 1 and lone users get none)."""
+    return PAYLOAD_KEY in content.array_records
+
+
+def payload_from_records(
+    content: RecordDict,
+    *,
+    round_id: int,
+    rows: int,
+    dim: int,
+    max_bytes: int = GRPC_MAX_MESSAGE_BYTES,
+) -> UserPayload:
+    """Read and validate a payload on the client; tensors come back as float32.
+
+    Raises
+    ------
+    WireError
+        On a stale round, inconsistent partner count, wrong shapes, non-finite values,
+        non-unit partner rows, or arrays over ``max_bytes``.
+    """
+    meta = _config(content, f"{PAYLOAD_KEY}.meta", None)
+    _check_round(meta, round_id, f"{PAYLOAD_KEY}.meta", None)
+    partners = meta.get("partner-ids")
+    if not isinstance(partners, list) or not partners or len(set(partners)) != len(partners):
+        raise WireError(
+            f"partner-ids must be a non-empty list of distinct ids, got {partners!r}",
+            field=f"{PAYLOAD_KEY}.meta",
+        )
+    num = len(partners)
+    others = _array(content, PAYLOAD_KEY, "others", None, max_bytes)
+    if others.shape != (num, rows, dim):
+        raise WireError(
+            f"shape {others.shape}, expected {(num, rows, dim)}", field=f"{PAYLOAD_KEY}/others"
+        )
+    pairs = _array(content, PAYLOAD_KEY, "log-alpha-pairs", None, max_bytes)
+    expected_pairs = (math.comb(num, 2), rows, rows)
+    if pairs.shape != expected_pairs:
+        raise WireError(
+            f"shape {pairs.shape}, expected {expected_pairs}",
+            field=f"{PAYLOAD_KEY}/log-alpha-pairs",
+        )
+    aggregated = log_alpha = None
+    if meta.get("form") == "dense":
+        aggregated = _finite(
+            _array(content, PAYLOAD_KEY, "aggregated", None, max_bytes), "aggregated"
+        )
+        log_alpha = _finite(_array(content, PAYLOAD_KEY, "log-alpha", None, max_bytes), "log-alpha")
+        if aggregated.shape != (rows**num, dim) or log_alpha.shape != (rows**num,):
+            raise WireError(
+                f"dense shapes {tuple(aggregated.shape)} and {tuple(log_alpha.shape)}, expected "
+                f"{(rows**num, dim)} and {(rows**num,)}",
+                field=f"{PAYLOAD_KEY}/aggregated",
+            )
+    elif meta.get("form") != "factored":
+        raise WireError(
+            f"form must be 'factored' or 'dense', got {meta.get('form')!r}",
+            field=f"{PAYLOAD_KEY}.meta",
+        )
+    return UserPayload(
+        partner_ids=tuple(int(p) for p in partners),
+        others=_finite_unit_rows(others, f"{PAYLOAD_KEY}/others", None),
+        log_alpha_pairs=_finite(pairs, "log-alpha-pairs"),
+        aggregated=aggregated,
+        log_alpha=log_alpha,
+    )
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _config(content: RecordDict, key: str, sender: int | None) -> ConfigRecord:
+    record = content.config_records.get(key)
+    if record is None:
+        raise WireError(
+            "missing; the peer may run another version of the app", field=key, sender=sender
+        )
+    return record
+
+
+def _check_round(meta: ConfigRecord, round_id: int, field: str, sender: int | None) -> None:
+    if meta.get("round") != round_id:
+        raise WireError(
+            f"stale round {meta.get('round')!r}, expected {round_id}", field=field, sender=sender
+        )
+
+
+def _array(
+    content: RecordDict, record_key: str, name: str, sender: int | None, max_bytes: int
+) -> np.ndarray:
+    """Decode one array with size, serialisation, dtype and metadata checks."""
+    field = f"{record_key}/{name}"
+    record = content.array_records.get(record_key)
+    if record is None or name not in record:
+        raise WireError("missing", field=field, sender=sender)
+    array = record[name]
+    if len(array.data) > max_bytes:
+        raise WireError(
+            f"{len(array.data):,} bytes, over the limit of {max_bytes:,}",
+            field=field,
+            sender=sender,
+        )
+    try:
+        decoded = array.numpy()  # np.load(allow_pickle=False): pickles are refused
+    except (TypeError, ValueError, OSError, EOFError) as err:
+        raise WireError(f"cannot decode ({err})", field=field, sender=sender) from err
+    if decoded.dtype.name not in ALLOWED_DTYPES:
+        raise WireError(
+            f"dtype {decoded.dtype.name}, expected one of {sorted(ALLOWED_DTYPES)}",
+            field=field,
+            sender=sender,
+        )
+    if decoded.dtype.name != array.dtype or tuple(decoded.shape) != tuple(array.shape):
+        raise WireError(
+            f"metadata says {array.dtype}{list(array.shape)} but the data is "
+            f"{decoded.dtype.name}{list(decoded.shape)}",
+            field=field,
+            sender=sender,
+        )
+    return decoded
+
+
+def _finite(array: np.ndarray, name: str) -> Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).float()
+    if not torch.isfinite(tensor).all():
+        raise WireError("holds NaN or inf values", field=f"{PAYLOAD_KEY}/{name}")
+    return tensor
+
+
+def _finite_unit_rows(array: np.ndarray, field: str, sender: int | None) -> Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if not torch.isfinite(tensor).all():
+        raise WireError("holds NaN or inf values", field=field, sender=sender)
+    norms = torch.linalg.vector_norm(tensor.double(), dim=-1)
+    worst = (norms - 1).abs().max().item() if norms.numel() else 0.0
+    if worst > NORM_ATOL:
+        raise WireError(
+            f"rows must be L2-normalised; the worst is off by {worst:.3g} "
+            "(a collapsed, scaled or un-normalised encoder output)",
+            field=field,
+            sender=sender,
+        )
+    return torch.nn.functional.normalize(tensor.float(), dim=-1)
