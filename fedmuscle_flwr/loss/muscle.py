@@ -79,6 +79,33 @@ def _log_partner_weights(log_alpha_pairs: Tensor, num_others: int, batch: int) -
     return log_w
 
 
+def _partner_weights(
+    log_alpha_pairs: Tensor, num_others: int, batch: int
+) -> tuple[Tensor, Tensor]:
+    """W = exp(log W - shift) as a (B,)*M tensor, and the shift.
+
+    Built in exp space like :func:`_log_partner_weights`, each small factor shifted by its
+    own max, so the full B^M tensor is touched by two passes only. The shift is an upper
+    bound of max(log W): W <= 1 never overflows; if it is loose enough for an anchor's
+    mass to underflow, the reliability check sends that anchor to the exact fallback.
+    """
+    index = {pair: p for p, pair in enumerate(combinations(range(num_others), 2))}
+    weights = log_alpha_pairs.new_ones((batch,))
+    shift = log_alpha_pairs.new_zeros(())
+    for l in range(1, num_others):
+        star = log_alpha_pairs.new_zeros((1,) * (l - 1) + (batch,))  # axes 1..l, log space
+        for k in range(1, l):
+            shape = [1] * l
+            shape[k - 1] = shape[l - 1] = batch
+            star = star + log_alpha_pairs[index[(k, l)]].reshape(shape)
+        first = log_alpha_pairs[index[(0, l)]]
+        star_max, first_max = star.max(), first.max()
+        shift = shift + star_max + first_max
+        first_w = torch.exp(first - first_max).reshape((batch,) + (1,) * (l - 1) + (batch,))
+        weights = (weights.unsqueeze(-1) * torch.exp(star - star_max).unsqueeze(0)).mul_(first_w)
+    return weights, shift
+
+
 class MuscleObjective:
     """The Muscle loss of one user for one round's partners, ready to apply to z many times.
 
@@ -129,10 +156,7 @@ class MuscleObjective:
         with torch.no_grad():
             self.pairs = log_alpha_pairs.detach().to(device=self.others.device, dtype=self.dtype)
             self.log_w_diag = self.pairs.diagonal(dim1=1, dim2=2).sum(dim=0)  # (B,)
-            # W = exp(log W - max), in place: the B^M tensor is the one big allocation.
-            self.w = _log_partner_weights(self.pairs, self.num_others, self.batch)
-            self.log_w_max = self.w.max()
-            self.w.sub_(self.log_w_max).exp_()
+            self.w, self.log_w_max = _partner_weights(self.pairs, self.num_others, self.batch)
         self._log_w: Tensor | None = None
         # Below this sum, underflowed terms could matter at the dtype's precision.
         finfo = torch.finfo(self.dtype)
