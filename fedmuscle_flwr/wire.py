@@ -12,18 +12,26 @@ Record layout in a message's :class:`~flwr.app.RecordDict`:
   ``batch-digest``.
 - payload: ArrayRecord ``"muscle"`` with ``"others"`` (M, B, d), ``"log-alpha-pairs"``
   (C(M,2), B, B) and, in dense form, ``"aggregated"`` (B^M, d) and ``"log-alpha"`` (B^M,);
-  ConfigRecord ``"muscle.meta"`` with ``round``, ``partner-ids``, ``form``.
+  ConfigRecord ``"muscle.meta"`` with ``round``, ``partner-ids``, ``form`` (``factored``,
+  ``dense``, or ``partners`` when only the partners' rows are sent: pairwise, ensemble).
+- instruction (server -> client, one per round): ConfigRecord ``"instruction"`` with
+  ``round``, ``contrast-indices`` (the public batch the payload belongs to) and
+  ``next-indices`` (the public batch to represent for the next round), plus the payload.
+- reply (client -> server): the representation of the next batch, MetricRecord
+  ``"metrics"`` and ConfigRecord ``"user"`` (``user-id``, ``model``, ``task``, and
+  ``metric``, the name of its primary metric).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
 from fedmuscle_flwr.aggregation import UserPayload
@@ -35,12 +43,19 @@ __all__ = [
     "NORM_ATOL",
     "PAYLOAD_KEY",
     "REPRESENTATION_KEY",
+    "USER_FIELDS",
+    "Instruction",
     "WireError",
     "batch_digest",
     "has_payload",
+    "instruction_from_records",
+    "instruction_to_records",
     "payload_from_records",
     "payload_to_records",
     "record_nbytes",
+    "reply_metrics",
+    "reply_to_records",
+    "reply_user",
     "representation_from_records",
     "representation_to_records",
 ]
@@ -51,6 +66,8 @@ PAYLOAD_KEY = "muscle"
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64"})
 #: Default cap on one uploaded representation matrix (256 x 8192 float32 is 8 MiB).
 DEFAULT_MAX_REPRESENTATION_BYTES = 64 * 1024 * 1024
+#: What a reply's ``user`` record holds.
+USER_FIELDS = ("user-id", "model", "task", "metric")
 #: Row-norm tolerance on arrival: loose enough for bfloat16/float16 encoders; rows are then
 #: re-normalised exactly so the loss sees unit rows.
 NORM_ATOL = 1e-2
@@ -153,11 +170,21 @@ def representation_from_records(
 # ----------------------------------------------------------------- payload
 
 
-def payload_to_records(payload: UserPayload, *, round_id: int) -> RecordDict:
-    """Records carrying one user's payload for ``round_id``."""
-    arrays = {"others": payload.others, "log-alpha-pairs": payload.log_alpha_pairs}
-    if payload.aggregated is not None and payload.log_alpha is not None:
+def payload_to_records(
+    payload: UserPayload, *, round_id: int, with_log_alpha: bool = True
+) -> RecordDict:
+    """Records carrying one user's payload for ``round_id``.
+
+    ``with_log_alpha=False`` sends only the partners' rows (form ``partners``), for the
+    pairwise and ensemble baselines, which do not use alpha.
+    """
+    arrays = {"others": payload.others}
+    form = "factored" if with_log_alpha else "partners"
+    if with_log_alpha:
+        arrays["log-alpha-pairs"] = payload.log_alpha_pairs
+    if with_log_alpha and payload.aggregated is not None and payload.log_alpha is not None:
         arrays |= {"aggregated": payload.aggregated, "log-alpha": payload.log_alpha}
+        form = "dense"
     return RecordDict(
         {
             PAYLOAD_KEY: ArrayRecord(
@@ -167,7 +194,7 @@ def payload_to_records(payload: UserPayload, *, round_id: int) -> RecordDict:
                 {
                     "round": round_id,
                     "partner-ids": [int(p) for p in payload.partner_ids],
-                    "form": "dense" if payload.is_dense else "factored",
+                    "form": form,
                 }
             ),
         }
@@ -209,15 +236,24 @@ def payload_from_records(
         raise WireError(
             f"shape {others.shape}, expected {(num, rows, dim)}", field=f"{PAYLOAD_KEY}/others"
         )
-    pairs = _array(content, PAYLOAD_KEY, "log-alpha-pairs", None, max_bytes)
+    form = meta.get("form")
+    if form not in ("factored", "dense", "partners"):
+        raise WireError(
+            f"form must be 'factored', 'dense' or 'partners', got {form!r}",
+            field=f"{PAYLOAD_KEY}.meta",
+        )
     expected_pairs = (math.comb(num, 2), rows, rows)
+    if form == "partners":
+        pairs = np.zeros(expected_pairs, dtype=np.float32)
+    else:
+        pairs = _array(content, PAYLOAD_KEY, "log-alpha-pairs", None, max_bytes)
     if pairs.shape != expected_pairs:
         raise WireError(
             f"shape {pairs.shape}, expected {expected_pairs}",
             field=f"{PAYLOAD_KEY}/log-alpha-pairs",
         )
     aggregated = log_alpha = None
-    if meta.get("form") == "dense":
+    if form == "dense":
         aggregated = _finite(
             _array(content, PAYLOAD_KEY, "aggregated", None, max_bytes), "aggregated"
         )
@@ -228,11 +264,6 @@ def payload_from_records(
                 f"{(rows**num, dim)} and {(rows**num,)}",
                 field=f"{PAYLOAD_KEY}/aggregated",
             )
-    elif meta.get("form") != "factored":
-        raise WireError(
-            f"form must be 'factored' or 'dense', got {meta.get('form')!r}",
-            field=f"{PAYLOAD_KEY}.meta",
-        )
     return UserPayload(
         partner_ids=tuple(int(p) for p in partners),
         others=_finite_unit_rows(others, f"{PAYLOAD_KEY}/others", None),
@@ -242,7 +273,109 @@ def payload_from_records(
     )
 
 
+# ----------------------------------------------------------------- round messages
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """What a client is asked to do in one round."""
+
+    round_id: int
+    contrast_indices: tuple[int, ...] | None
+    next_indices: tuple[int, ...] | None
+    payload: UserPayload | None
+
+
+def instruction_to_records(
+    *,
+    round_id: int,
+    contrast_indices: Sequence[int] | None,
+    next_indices: Sequence[int] | None,
+    payload: RecordDict | None = None,
+) -> RecordDict:
+    """The round's instruction, with the payload's records (from :func:`payload_to_records`)."""
+    content = RecordDict() if payload is None else payload
+    fields: dict[str, int | list[int]] = {"round": round_id}
+    if contrast_indices is not None:
+        fields["contrast-indices"] = [int(i) for i in contrast_indices]
+    if next_indices is not None:
+        fields["next-indices"] = [int(i) for i in next_indices]
+    content["instruction"] = ConfigRecord(fields)  # type: ignore[arg-type]
+    return content
+
+
+def instruction_from_records(content: RecordDict, *, public_size: int, dim: int) -> Instruction:
+    """Read and validate the round's instruction on the client."""
+    meta = _config(content, "instruction", None)
+    round_id = meta.get("round")
+    if not isinstance(round_id, int) or round_id < 1:
+        raise WireError(f"round must be a positive integer, got {round_id!r}", field="instruction")
+    contrast = _indices(meta, "contrast-indices", public_size)
+    following = _indices(meta, "next-indices", public_size)
+    payload = None
+    if has_payload(content):
+        if contrast is None:
+            raise WireError("a payload came without contrast-indices", field="instruction")
+        payload = payload_from_records(content, round_id=round_id, rows=len(contrast), dim=dim)
+    return Instruction(round_id, contrast, following, payload)
+
+
+def reply_to_records(
+    *,
+    metrics: Mapping[str, float],
+    user: Mapping[str, str],
+    representation: RecordDict | None = None,
+) -> RecordDict:
+    """A client's reply: metrics, who it is, and Z for the next round when asked for."""
+    content = RecordDict() if representation is None else representation
+    content["metrics"] = MetricRecord({k: float(v) for k, v in metrics.items()})
+    content["user"] = ConfigRecord(dict(user))
+    return content
+
+
+def reply_user(content: RecordDict, sender: int) -> dict[str, str]:
+    """The ``user`` record of a reply (user-id, model, task, metric), validated."""
+    record = _config(content, "user", sender)
+    user = {k: record.get(k) for k in USER_FIELDS}
+    if not all(isinstance(v, str) and v for v in user.values()):
+        raise WireError(
+            f"needs non-empty {', '.join(USER_FIELDS)}, got {user!r}", field="user", sender=sender
+        )
+    return {k: str(v) for k, v in user.items()}
+
+
+def reply_metrics(content: RecordDict, sender: int) -> dict[str, float]:
+    """The ``metrics`` record of a reply as floats, refusing NaN and inf."""
+    record = content.metric_records.get("metrics")
+    if record is None:
+        raise WireError("missing", field="metrics", sender=sender)
+    metrics = {}
+    for name, value in record.items():
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise WireError(
+                f"{name} = {value!r} is not a finite number", field="metrics", sender=sender
+            )
+        metrics[name] = float(value)
+    return metrics
+
+
 # ----------------------------------------------------------------- helpers
+
+
+def _indices(meta: ConfigRecord, key: str, public_size: int) -> tuple[int, ...] | None:
+    values = meta.get(key)
+    if values is None:
+        return None
+    if (
+        not isinstance(values, list)
+        or len(values) < 2
+        or not all(isinstance(v, int) and 0 <= v < public_size for v in values)
+    ):
+        raise WireError(
+            f"{key} must list at least 2 indices in [0, {public_size}), got {values!r}",
+            field="instruction",
+        )
+    return tuple(int(v) for v in values)
 
 
 def _config(content: RecordDict, key: str, sender: int | None) -> ConfigRecord:

@@ -20,3 +20,14 @@ def _private_homes(
     """Every test gets its own FLWR_HOME and cache directory."""
     monkeypatch.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
     monkeypatch.setenv("FEDMUSCLE_CACHE", str(tmp_path_factory.mktemp("fedmuscle-cache")))
+
+
+@pytest.fixture
+def flower_task_identity():
+    """Flower 1.39 reads the running task's identity when a Message is built; set one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -1,0 +1,137 @@
+"""Run configuration as typed data: built once from Flower's run config, validated at the edge.
+
+Both apps read the same keys (``[tool.flwr.app.config]`` in pyproject.toml, overridable
+with ``flwr run --run-config``). Every bad value raises :class:`ConfigError` naming the key,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["ALGORITHMS", "PAYLOAD_FORMS", "ConfigError", "RunConfig"]
+
+ALGORITHMS = ("local", "pairwise", "ensemble", "muscle")
+PAYLOAD_FORMS = ("factored", "dense")
+
+
+class ConfigError(ValueError):
+    """A run-config value that is missing, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a FedMuscle run is configured with (run-config keys in kebab-case)."""
+
+    num_server_rounds: int = 3
+    algorithm: str = "muscle"
+    num_partners: int = 3  # M
+    public_batch_size: int = 32  # B
+    tau: float = 0.1
+    tau_alpha: float = 0.1
+    contrastive_weight: float = 1.0  # lambda
+    contrastive_steps: int = 1
+    local_steps: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    payload: str = "factored"
+    seed: int = 0
+    dataset: str = "world"
+    federation: str = "default"
+    public_size: int = 2048
+    output_dir: str = "outputs"
+    device: str = "auto"
+    amp: bool = False
+    fraction_train: float = 1.0
+    min_nodes: int = 2
+    quorum: int = 2
+    node_wait_timeout: float = 120.0
+    round_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        _choice("payload", self.payload, PAYLOAD_FORMS)
+        _choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+        for name in (
+            "num_server_rounds",
+            "num_partners",
+            "contrastive_steps",
+            "local_steps",
+            "batch_size",
+            "min_nodes",
+            "public_size",
+        ):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("public_batch_size", self.public_batch_size, 2)
+        _at_least("quorum", self.quorum, 2)
+        if self.public_batch_size > self.public_size:
+            raise ConfigError(
+                f"public-batch-size ({self.public_batch_size}) must not exceed public-size "
+                f"({self.public_size})"
+            )
+        for name in ("tau", "tau_alpha", "learning_rate", "node_wait_timeout", "round_timeout"):
+            _positive(name, getattr(self, name))
+        if not (math.isfinite(self.contrastive_weight) and self.contrastive_weight >= 0):
+            raise ConfigError(f"contrastive-weight must be >= 0, got {self.contrastive_weight!r}")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"fraction-train must be in (0, 1], got {self.fraction_train!r}")
+
+    @property
+    def collaborative(self) -> bool:
+        """Whether users exchange representations (every algorithm but ``local``)."""
+        return self.algorithm != "local"
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Build from Flower's run config; keys this class does not know are ignored.
+
+        Keys under ``users.`` (the federation's user list) are read by
+        :mod:`fedmuscle_flwr.federation`, not here.
+        """
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            key = field.name.replace("_", "-")
+            if key not in run_config:
+                continue
+            values[field.name] = _coerce(key, run_config[key], type(getattr(cls(), field.name)))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as run-config keys and values (for results.json)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name.replace('_', '-')} must be one of {list(allowed)}, got {value!r}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{name.replace('_', '-')} must be >= {low}, got {value!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name.replace('_', '-')} must be a positive number, got {value!r}")

@@ -1,0 +1,171 @@
+"""Run results: per-round records, results.json, progress lines, plots, and Delta vs local.
+
+Schema of ``results.json`` (documented in README.md):
+
+- ``config``: the run configuration (run-config keys);
+- ``users``: ``[{id, model, task, metric}]``, ``metric`` naming the user's primary metric;
+- ``rounds``: ``[{round, metrics {user id: {name: value}}, uplink_bytes {user id: n},
+  downlink_bytes {user id: n}, server_ms, seconds, replied, failed {user id: reason}}]``;
+- ``final``: ``{user id: {name: value}}``, each user's last reported metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RoundRecord",
+    "RunResults",
+    "UserInfo",
+    "delta_table",
+    "human_bytes",
+    "write_json_atomic",
+]
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """Who a user is: its id, model type, task and primary metric."""
+
+    id: str
+    model: str
+    task: str
+    metric: str
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round."""
+
+    round: int
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    uplink_bytes: dict[str, int] = field(default_factory=dict)
+    downlink_bytes: dict[str, int] = field(default_factory=dict)
+    server_ms: float = 0.0
+    seconds: float = 0.0
+    replied: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunResults:
+    """Everything a run reports; serialised to ``results.json``."""
+
+    config: dict[str, Any]
+    users: dict[str, UserInfo] = field(default_factory=dict)
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, dict[str, float]]:
+        """Each user's last reported metrics."""
+        last: dict[str, dict[str, float]] = {}
+        for record in self.rounds:
+            last.update(record.metrics)
+        return last
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form of the schema above."""
+        return {
+            "config": self.config,
+            "users": [asdict(u) for u in sorted(self.users.values(), key=lambda u: u.id)],
+            "rounds": [asdict(r) for r in self.rounds],
+            "final": self.final,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResults:
+        """Read back what :meth:`to_dict` wrote."""
+        return cls(
+            config=data["config"],
+            users={u["id"]: UserInfo(**u) for u in data["users"]},
+            rounds=[RoundRecord(**r) for r in data["rounds"]],
+        )
+
+    def primary(self, user_id: str, metrics: dict[str, float]) -> float | None:
+        """The user's primary metric in ``metrics``, if present."""
+        info = self.users.get(user_id)
+        return metrics.get(info.metric) if info else None
+
+    def progress_line(self, record: RoundRecord, num_rounds: int, sent: int) -> str:
+        """One line per round: replies, mean metric per task, bytes, server time."""
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for user_id, metrics in record.metrics.items():
+            value = self.primary(user_id, metrics)
+            if value is not None:
+                by_task[f"{self.users[user_id].task} {self.users[user_id].metric}"].append(value)
+        tasks = ", ".join(f"{k} {statistics.fmean(v):.3f}" for k, v in sorted(by_task.items()))
+        return (
+            f"round {record.round}/{num_rounds}: {len(record.replied)}/{sent} users replied"
+            f" | {tasks or 'no metrics'}"
+            f" | up {human_bytes(sum(record.uplink_bytes.values()))}"
+            f", down {human_bytes(sum(record.downlink_bytes.values()))}"
+            f" | server {record.server_ms:.1f} ms | {record.seconds:.1f} s"
+            + (f" | left out: {', '.join(sorted(record.failed))}" if record.failed else "")
+        )
+
+    def write(self, directory: Path, *, plots: bool = True) -> Path:
+        """Write results.json (atomically) and, optionally, the PNG plots; returns the JSON path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "results.json"
+        write_json_atomic(path, self.to_dict())
+        if plots:
+            from fedmuscle_flwr.plots import plot_bytes, plot_metrics
+
+            plot_metrics(self, directory / "metrics.png")
+            plot_bytes(self, directory / "bytes.png")
+        return path
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def delta_table(local: RunResults, others: dict[str, RunResults]) -> dict[str, dict[str, float]]:
+    """Delta of ALGORITHM.md against ``local``, plus the worst user and the share that improved.
+
+    For each algorithm: ``delta`` = mean over users of (m - m_local) / m_local * 100 on the
+    users' primary metrics; ``worst`` = the smallest of those relative changes;
+    ``improved`` = the share of users with m > m_local. Users missing from either run, or
+    with a local metric of 0, are left out and counted in ``skipped``.
+    """
+    table: dict[str, dict[str, float]] = {}
+    local_final = local.final
+    for name, run in others.items():
+        changes, skipped = [], 0
+        for user_id, metrics in run.final.items():
+            ours = run.primary(user_id, metrics)
+            base = local.primary(user_id, local_final.get(user_id, {}))
+            if ours is None or base is None or base == 0 or not math.isfinite(base):
+                skipped += 1
+                continue
+            changes.append((ours - base) / base * 100)
+        table[name] = {
+            "delta": statistics.fmean(changes) if changes else math.nan,
+            "worst": min(changes) if changes else math.nan,
+            "improved": sum(c > 0 for c in changes) / len(changes) if changes else math.nan,
+            "users": float(len(changes)),
+            "skipped": float(skipped),
+        }
+    return table

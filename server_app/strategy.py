@@ -1,0 +1,266 @@
+"""The FedMuscle Strategy: one message exchange per round, per-user payloads, bounded waits.
+
+Round t (built on Flower's ``Strategy.start`` loop through its hooks):
+
+``configure_train``: pick the users; each gets the payload computed from the Z's that
+arrived in round t - 1 (for the public batch b_t), the indices of b_t, and the indices of
+b_{t+1} to represent next. ``aggregate_train``: validate every reply (error replies, wrong
+or stale Z, missing users are left out with a log line), record metrics and bytes, and
+compute the payloads of round t + 1 from one Gram matrix on the server's accelerator.
+Evaluation travels with the train reply, so the evaluate phase sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedmuscle_flwr import wire
+from fedmuscle_flwr.aggregation import UserPayload, best_device, build_payloads
+from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
+
+__all__ = ["FedMuscleStrategy"]
+
+logger = logging.getLogger("fedmuscle.server")
+
+
+@dataclass
+class _Round:
+    """Book-keeping of the round in flight."""
+
+    started: float
+    messages: dict[int, Message] = field(default_factory=dict)  # node id -> instruction
+    downlink: dict[int, int] = field(default_factory=dict)  # node id -> bytes
+    next_indices: tuple[int, ...] | None = None
+
+
+class FedMuscleStrategy(Strategy):
+    """FedMuscle on Flower's Strategy API.
+
+    Parameters
+    ----------
+    config
+        The validated run configuration.
+    device
+        Where the Gram matrix and payloads are computed (default: CUDA when available).
+    """
+
+    def __init__(self, config: RunConfig, *, device: torch.device | str | None = None) -> None:
+        self.config = config
+        self.device = torch.device(device) if device is not None else best_device()
+        self._batch_rng = torch.Generator().manual_seed(config.seed)
+        self._partner_rng = torch.Generator().manual_seed(config.seed + 1)
+        self._sample_rng = torch.Generator().manual_seed(config.seed + 2)
+        self._batches: dict[int, tuple[int, ...]] = {}
+        self._payloads: dict[int, UserPayload] = {}
+        self._node_user: dict[int, str] = {}
+        self._round: _Round | None = None
+        self.results = RunResults(config=config.to_dict())
+
+    def summary(self) -> None:
+        """Log the configuration the strategy runs with."""
+        c = self.config
+        logger.info(
+            "FedMuscle: algorithm=%s M=%d B=%d tau=%g tau_alpha=%g lambda=%g payload=%s "
+            "rounds=%d server device=%s",
+            c.algorithm, c.num_partners, c.public_batch_size, c.tau, c.tau_alpha,
+            c.contrastive_weight, c.payload, c.num_server_rounds, self.device,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ train
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Build every selected user's instruction for this round."""
+        state = _Round(started=time.perf_counter())
+        last = server_round >= self.config.num_server_rounds
+        if self.config.collaborative and not last:
+            state.next_indices = self._public_batch(server_round + 1)
+        for node in self._select_nodes(grid):
+            payload = self._payloads.get(node)
+            records = None
+            if payload is not None:
+                records = wire.payload_to_records(
+                    payload,
+                    round_id=server_round,
+                    with_log_alpha=self.config.algorithm == "muscle",
+                )
+            content = wire.instruction_to_records(
+                round_id=server_round,
+                contrast_indices=self._batches[server_round] if payload is not None else None,
+                next_indices=state.next_indices,
+                payload=records,
+            )
+            state.downlink[node] = wire.record_nbytes(content)
+            state.messages[node] = Message(
+                content,
+                dst_node_id=node,
+                message_type=MessageType.TRAIN,
+                group_id=str(server_round),
+            )
+        self._payloads = {}
+        self._round = state
+        return list(state.messages.values())
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate replies, record the round, and compute the next round's payloads."""
+        state = self._round
+        if state is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        record = RoundRecord(round=server_round)
+        representations = self._collect(server_round, replies, state, record)
+        start = time.perf_counter()
+        if state.next_indices is not None:
+            self._payloads = self._compute_payloads(representations, server_round)
+        record.server_ms = (time.perf_counter() - start) * 1000
+        record.seconds = time.perf_counter() - state.started
+        self.results.rounds.append(record)
+        line = self.results.progress_line(
+            record, self.config.num_server_rounds, len(state.messages)
+        )
+        logger.info(line)
+        print(line, flush=True)
+        self._round = None
+        return None, self._aggregate_metrics(record)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Nothing: each user evaluates on its held-out data within the train reply."""
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Nothing to aggregate (see :meth:`configure_evaluate`)."""
+        return None
+
+    # ------------------------------------------------------------------ steps
+
+    def _public_batch(self, round_id: int) -> tuple[int, ...]:
+        """The public batch of a round: B distinct indices from the seeded generator."""
+        if round_id not in self._batches:
+            perm = torch.randperm(self.config.public_size, generator=self._batch_rng)
+            self._batches[round_id] = tuple(perm[: self.config.public_batch_size].tolist())
+        return self._batches[round_id]
+
+    def _select_nodes(self, grid: Grid) -> list[int]:
+        """Wait (bounded) for ``min-nodes`` nodes, then sample ``fraction-train`` of them."""
+        deadline = time.monotonic() + self.config.node_wait_timeout
+        nodes = sorted(grid.get_node_ids())
+        while len(nodes) < self.config.min_nodes and time.monotonic() < deadline:
+            time.sleep(1.0)
+            nodes = sorted(grid.get_node_ids())
+        if len(nodes) < self.config.min_nodes:
+            logger.warning(
+                "only %d of min-nodes=%d nodes connected after %.0f s; going on with them",
+                len(nodes), self.config.min_nodes, self.config.node_wait_timeout,
+            )  # fmt: skip
+        count = max(
+            min(len(nodes), self.config.min_nodes),
+            math.ceil(self.config.fraction_train * len(nodes)),
+        )
+        if count >= len(nodes):
+            return nodes
+        picks = torch.randperm(len(nodes), generator=self._sample_rng)[:count].tolist()
+        return sorted(nodes[p] for p in picks)
+
+    def _collect(
+        self, server_round: int, replies: Iterable[Message], state: _Round, record: RoundRecord
+    ) -> dict[int, torch.Tensor]:
+        """Validate each reply; keep metrics and Z of the good ones, log the others."""
+        by_message = {msg.metadata.message_id: node for node, msg in state.messages.items()}
+        seen: set[int] = set()
+        representations: dict[int, torch.Tensor] = {}
+        for reply in replies:
+            node = by_message.get(reply.metadata.reply_to_message_id)
+            if node is None or node in seen:
+                logger.warning("round %d: ignoring an unsolicited or duplicate reply", server_round)
+                continue
+            seen.add(node)
+            name = self._node_user.get(node, f"node-{node}")
+            if reply.has_error():
+                lines = (reply.error.reason or "").strip().splitlines()  # a traceback: keep its end
+                self._fail(
+                    record, name, f"error reply {reply.error.code}: {lines[-1] if lines else ''}"
+                )
+                continue
+            try:
+                name = self._register(node, wire.reply_user(reply.content, node))
+                metrics = wire.reply_metrics(reply.content, node)
+                if state.next_indices is not None:
+                    representations[node] = wire.representation_from_records(
+                        reply.content,
+                        round_id=server_round + 1,
+                        rows=len(state.next_indices),
+                        digest=wire.batch_digest(state.next_indices),
+                        sender=node,
+                    )
+            except wire.WireError as err:
+                self._fail(record, name, str(err))
+                continue
+            record.metrics[name] = metrics
+            record.replied.append(name)
+            record.uplink_bytes[name] = wire.record_nbytes(reply.content)
+            record.downlink_bytes[name] = state.downlink[node]
+        for node in sorted(set(state.messages) - seen):
+            self._fail(
+                record, self._node_user.get(node, f"node-{node}"), "no reply before the timeout"
+            )
+        for node in seen - set(representations):
+            name = self._node_user.get(node, f"node-{node}")
+            record.downlink_bytes.setdefault(name, state.downlink[node])
+        return representations
+
+    def _register(self, node: int, user: dict[str, str]) -> str:
+        """Remember which user a node serves (its first reply says so)."""
+        user_id = user["user-id"]
+        self._node_user[node] = user_id
+        if user_id not in self.results.users:
+            self.results.users[user_id] = UserInfo(
+                user_id, user["model"], user["task"], user["metric"]
+            )
+        return user_id
+
+    def _fail(self, record: RoundRecord, name: str, reason: str) -> None:
+        record.failed[name] = reason
+        logger.warning("round %d: %s left out: %s", record.round, name, reason)
+
+    def _compute_payloads(
+        self, representations: dict[int, torch.Tensor], server_round: int
+    ) -> dict[int, UserPayload]:
+        if len(representations) < self.config.quorum:
+            logger.warning(
+                "round %d: %d valid representations, below quorum=%d: no payloads next round",
+                server_round, len(representations), self.config.quorum,
+            )  # fmt: skip
+            return {}
+        return build_payloads(
+            representations,
+            num_partners=self.config.num_partners,
+            tau_alpha=self.config.tau_alpha,
+            generator=self._partner_rng,
+            device=self.device,
+            dense=self.config.payload == "dense" and self.config.algorithm == "muscle",
+        )
+
+    def _aggregate_metrics(self, record: RoundRecord) -> MetricRecord:
+        """Mean primary metric per task, for Flower's own history."""
+        sums: dict[str, list[float]] = {}
+        for user_id, metrics in record.metrics.items():
+            value = self.results.primary(user_id, metrics)
+            if value is not None:
+                sums.setdefault(self.results.users[user_id].task, []).append(value)
+        return MetricRecord({task: sum(v) / len(v) for task, v in sums.items()})

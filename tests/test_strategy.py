@@ -1,0 +1,235 @@
+"""FedMuscle Strategy logic with constructed replies, without a simulation."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
+
+from fedmuscle_flwr import wire
+from fedmuscle_flwr.aggregation import build_payloads
+from fedmuscle_flwr.config import RunConfig
+from server_app.strategy import FedMuscleStrategy
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
+DIM = 8
+_ids = itertools.count()
+
+
+class FakeGrid:
+    """Just enough of a Grid for configure_train: the connected node ids."""
+
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def config(**overrides) -> RunConfig:
+    values = {
+        "num_server_rounds": 3,
+        "num_partners": 2,
+        "public_batch_size": 4,
+        "public_size": 50,
+        "node_wait_timeout": 0.1,
+        "quorum": 2,
+    } | overrides
+    return RunConfig(**values)
+
+
+def send(strategy: FedMuscleStrategy, server_round: int, grid: FakeGrid) -> dict[int, Message]:
+    """configure_train, then give each message an id as a Grid's push would."""
+    messages = list(strategy.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
+    for msg in messages:
+        msg.metadata.__dict__["_message_id"] = f"m{next(_ids)}"
+    return {msg.metadata.dst_node_id: msg for msg in messages}
+
+
+def representation(node: int, server_round: int, rows: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 * node + server_round)
+    return F.normalize(torch.randn(rows, DIM, generator=g), dim=-1)
+
+
+def reply(msg: Message, *, z: torch.Tensor | None = None, round_shift: int = 1) -> Message:
+    """What a well-behaved client answers; ``z`` overrides its representation."""
+    instruction = wire.instruction_from_records(msg.content, public_size=50, dim=DIM)
+    node = msg.metadata.dst_node_id
+    records = None
+    if instruction.next_indices is not None:
+        z = (
+            representation(node, instruction.round_id, len(instruction.next_indices))
+            if z is None
+            else z
+        )
+        records = wire.representation_to_records(
+            z,
+            round_id=instruction.round_id + round_shift,
+            digest=wire.batch_digest(instruction.next_indices),
+        )
+    content = wire.reply_to_records(
+        metrics={"accuracy": 0.5 + node / 100, "train-loss": 1.0},
+        user={
+            "user-id": f"user-{node}",
+            "model": "small-cnn",
+            "task": "image-classification",
+            "metric": "accuracy",
+        },
+        representation=records,
+    )
+    return Message(content, reply_to=msg)
+
+
+def test_one_exchange_per_round_carries_payload_and_next_batch():
+    strategy = FedMuscleStrategy(config(), device="cpu")
+    grid = FakeGrid([11, 12, 13, 14])
+    first = send(strategy, 1, grid)
+    assert sorted(first) == [11, 12, 13, 14]
+    for msg in first.values():
+        instruction = wire.instruction_from_records(msg.content, public_size=50, dim=DIM)
+        assert instruction.payload is None and instruction.contrast_indices is None
+        assert instruction.next_indices is not None and len(set(instruction.next_indices)) == 4
+    strategy.aggregate_train(1, [reply(m) for m in first.values()])
+    second = send(strategy, 2, grid)
+    batch2 = wire.instruction_from_records(first[11].content, public_size=50, dim=DIM).next_indices
+    expected = build_payloads(
+        {n: representation(n, 1, 4) for n in first},
+        num_partners=2,
+        tau_alpha=0.1,
+        generator=torch.Generator().manual_seed(1),
+        device="cpu",
+    )
+    for node, msg in second.items():
+        instruction = wire.instruction_from_records(msg.content, public_size=50, dim=DIM)
+        assert instruction.contrast_indices == batch2
+        assert instruction.payload.partner_ids == expected[node].partner_ids
+        assert torch.allclose(instruction.payload.others, expected[node].others, atol=1e-6)
+        assert torch.allclose(
+            instruction.payload.log_alpha_pairs, expected[node].log_alpha_pairs, atol=1e-5
+        )
+    strategy.aggregate_train(2, [reply(m) for m in second.values()])
+    last = send(strategy, 3, grid)
+    assert all(
+        wire.instruction_from_records(m.content, public_size=50, dim=DIM).next_indices is None
+        for m in last.values()
+    )
+    strategy.aggregate_train(3, [reply(m) for m in last.values()])
+    results = strategy.results
+    assert [r.round for r in results.rounds] == [1, 2, 3]
+    assert results.final["user-11"]["accuracy"] == pytest.approx(0.61)
+    assert all(r.failed == {} for r in results.rounds)
+    round2 = results.rounds[1]
+    assert round2.downlink_bytes["user-11"] == wire.record_nbytes(second[11].content)
+    assert round2.downlink_bytes["user-11"] > 2 * 4 * DIM * 4  # two partners' rows at least
+    assert round2.uplink_bytes["user-11"] > 4 * DIM * 4
+
+
+def test_bad_replies_leave_only_their_sender_out():
+    strategy = FedMuscleStrategy(config(num_partners=3), device="cpu")
+    grid = FakeGrid([1, 2, 3, 4, 5, 6])
+    sent = send(strategy, 1, grid)
+    nan_z = representation(3, 1, 4).masked_fill(torch.eye(4, DIM, dtype=torch.bool), float("nan"))
+    replies = [
+        reply(sent[1]),
+        Message(
+            Error(code=2, reason="Traceback ...\nRuntimeError: CUDA out of memory"),
+            reply_to=sent[2],
+        ),
+        reply(sent[3], z=nan_z),
+        reply(sent[4], round_shift=0),  # stale: Z labelled with the wrong round
+        reply(sent[5]),
+        reply(sent[5]),  # duplicate
+        # node 6 never answers
+    ]
+    strategy.aggregate_train(1, replies)
+    record = strategy.results.rounds[0]
+    assert sorted(record.replied) == ["user-1", "user-5"]
+    assert "CUDA out of memory" in record.failed["node-2"]
+    assert "NaN" in record.failed["user-3"]
+    assert "stale round" in record.failed["user-4"]
+    assert record.failed["node-6"] == "no reply before the timeout"
+    nxt = send(strategy, 2, grid)
+    with_payload = {n for n, m in nxt.items() if wire.has_payload(m.content)}
+    assert with_payload == {1, 5}
+    payload = wire.instruction_from_records(nxt[1].content, public_size=50, dim=DIM).payload
+    assert payload.partner_ids == (5,)  # M_eff = min(3, 2 - 1)
+
+
+def test_below_quorum_no_payloads_and_the_run_goes_on():
+    strategy = FedMuscleStrategy(config(quorum=3), device="cpu")
+    grid = FakeGrid([1, 2, 3])
+    sent = send(strategy, 1, grid)
+    strategy.aggregate_train(1, [reply(sent[1]), reply(sent[2])])
+    nxt = send(strategy, 2, grid)
+    assert len(nxt) == 3 and not any(wire.has_payload(m.content) for m in nxt.values())
+
+
+def test_local_algorithm_asks_for_no_representations():
+    strategy = FedMuscleStrategy(config(algorithm="local"), device="cpu")
+    grid = FakeGrid([1, 2])
+    for rnd in (1, 2):
+        sent = send(strategy, rnd, grid)
+        for msg in sent.values():
+            instruction = wire.instruction_from_records(msg.content, public_size=50, dim=DIM)
+            assert instruction.next_indices is None and instruction.payload is None
+        strategy.aggregate_train(rnd, [reply(m) for m in sent.values()])
+    assert strategy.results.rounds[1].uplink_bytes["user-1"] == 0
+
+
+def test_pairwise_sends_partners_without_alpha_and_dense_sends_dense():
+    for algorithm, payload, form in [
+        ("pairwise", "factored", "partners"),
+        ("muscle", "dense", "dense"),
+    ]:
+        strategy = FedMuscleStrategy(config(algorithm=algorithm, payload=payload), device="cpu")
+        grid = FakeGrid([1, 2, 3])
+        sent = send(strategy, 1, grid)
+        strategy.aggregate_train(1, [reply(m) for m in sent.values()])
+        msg = send(strategy, 2, grid)[1]
+        assert msg.content.config_records["muscle.meta"]["form"] == form
+        keys = set(msg.content.array_records["muscle"].keys())
+        assert keys == (
+            {"others"}
+            if form == "partners"
+            else {"others", "log-alpha-pairs", "aggregated", "log-alpha"}
+        )
+
+
+def test_public_batches_are_seeded_and_node_wait_is_bounded():
+    a = FedMuscleStrategy(config(seed=7), device="cpu")
+    b = FedMuscleStrategy(config(seed=7), device="cpu")
+    c = FedMuscleStrategy(config(seed=8), device="cpu")
+    assert [a._public_batch(r) for r in (2, 3)] == [b._public_batch(r) for r in (2, 3)]
+    assert a._public_batch(2) != c._public_batch(2)
+    lonely = send(FedMuscleStrategy(config(min_nodes=2), device="cpu"), 1, FakeGrid([9]))
+    assert list(lonely) == [9]
+
+
+def test_fraction_train_samples_a_seeded_subset():
+    strategy = FedMuscleStrategy(config(fraction_train=0.5, min_nodes=2), device="cpu")
+    picked = send(strategy, 1, FakeGrid(range(1, 9)))
+    assert len(picked) == 4
+
+
+def test_progress_line_reports_replies_metrics_and_bytes(capsys):
+    strategy = FedMuscleStrategy(config(), device="cpu")
+    grid = FakeGrid([1, 2])
+    sent = send(strategy, 1, grid)
+    strategy.aggregate_train(1, [reply(m) for m in sent.values()])
+    out = capsys.readouterr().out
+    assert "round 1/3: 2/2 users replied" in out
+    assert "image-classification accuracy 0.515" in out
+    assert "up " in out and "down " in out and "server " in out
+
+
+def test_unknown_user_record_is_refused():
+    strategy = FedMuscleStrategy(config(), device="cpu")
+    sent = send(strategy, 1, FakeGrid([1, 2]))
+    bad = reply(sent[1])
+    bad.content["user"] = ConfigRecord({"user-id": ""})
+    strategy.aggregate_train(1, [bad, reply(sent[2])])
+    assert "user" in strategy.results.rounds[0].failed["node-1"]
+    assert isinstance(RecordDict(), RecordDict)
