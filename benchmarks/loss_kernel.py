@@ -139,10 +139,11 @@ def environment(device: str) -> str:
     name = (
         torch.cuda.get_device_name(0)
         if device.startswith("cuda")
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     )
     return (
-        f"{dt.date.today().isoformat()}, device: {name}, torch {torch.__version__}, timm {timm.__version__}, "
+        f"{dt.date.today().isoformat()}, device: {name}, torch {torch.__version__}, "
+        f"timm {timm.__version__}, "
         f"Python {platform.python_version()}"
     )
 
@@ -224,7 +225,8 @@ def main() -> None:
             )
             targets.append(
                 f"- B=64, M=3, d=768: factored {speed:.0f}x faster than dense (target >= 100x): "
-                f"{'met' if speed >= 100 else 'NOT met'}; payload {size:.0f}x smaller (target >= 1000x): "
+                f"{'met' if speed >= 100 else 'NOT met'}; "
+                f"payload {size:.0f}x smaller (target >= 1000x): "
                 f"{'met' if size >= 1000 else 'NOT met'}"
             )
         fac, _ = results.get((32, 5, 768), ({}, {}))
@@ -239,7 +241,8 @@ def main() -> None:
             f"<!-- loss_kernel:{args.device} -->",
             f"### Muscle loss kernel on {args.device}",
             "",
-            f"Measured {environment(args.device)}, with `python benchmarks/loss_kernel.py --device {args.device}`. "
+            f"Measured {environment(args.device)}, with "
+            f"`python benchmarks/loss_kernel.py --device {args.device}`. "
             f"Median of {args.repeats} runs after a warm-up; tau = tau_alpha = 0.1; float32.",
             "",
             *rows,
