@@ -30,6 +30,7 @@ class RunConfig:
     algorithm: str = "muscle"
     num_partners: int = 3  # M
     public_batch_size: int = 32  # B
+    embed_dim: int = 128  # d, the shared representation dimension
     tau: float = 0.1
     tau_alpha: float = 0.1
     contrastive_weight: float = 1.0  # lambda
@@ -50,6 +51,7 @@ class RunConfig:
     quorum: int = 2
     node_wait_timeout: float = 120.0
     round_timeout: float = 600.0
+    state_dir: str = ""  # client state; "" = $FEDMUSCLE_STATE_DIR or ~/.cache/fedmuscle/state
 
     def __post_init__(self) -> None:
         _choice("algorithm", self.algorithm, ALGORITHMS)

@@ -205,6 +205,7 @@ class FedMuscleStrategy(Strategy):
                         reply.content,
                         round_id=server_round + 1,
                         rows=len(state.next_indices),
+                        dim=self.config.embed_dim,
                         digest=wire.batch_digest(state.next_indices),
                         sender=node,
                     )

@@ -37,6 +37,7 @@ def config(**overrides) -> RunConfig:
         "public_size": 50,
         "node_wait_timeout": 0.1,
         "quorum": 2,
+        "embed_dim": DIM,
     } | overrides
     return RunConfig(**values)
 

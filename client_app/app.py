@@ -1,0 +1,91 @@
+"""The FedMuscle ClientApp: one train handler and the user's state on disk.
+
+Per round: contrastive step on the round's public batch (when the server sent a payload),
+local supervised steps, evaluation on the held-out split, Z_n on the next public batch,
+reply. The user profile comes from the node config (``user`` in deployment,
+``partition-id`` in simulation) and the federation file named by the run config.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from client_app.state import StateStore, default_state_root
+from fedmuscle_flwr import wire
+from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.data.users import load_user_data
+from fedmuscle_flwr.federation import UserProfile, load_federation
+from fedmuscle_flwr.models import build_client_model
+from fedmuscle_flwr.training import Trainer, TrainSettings, resolve_device
+
+logger = logging.getLogger("fedmuscle.client")
+
+app = ClientApp()
+
+
+def user_seed(config: RunConfig, profile: UserProfile) -> int:
+    """A user's own seed, the same in every process: model init and batch order."""
+    return (config.seed * 1_000_003 + zlib.crc32(profile.id.encode())) % 2**31
+
+
+def build_trainer(config: RunConfig, profile: UserProfile, federation_name: str) -> Trainer:
+    """Build the user's model, data and trainer from data alone (no state)."""
+    federation = load_federation(federation_name)
+    data = load_user_data(
+        profile, federation, source=config.dataset, public_size=config.public_size, seed=config.seed
+    )
+    model = build_client_model(
+        profile.model,
+        seed=user_seed(config, profile),
+        **{"task": profile.task, "num_classes": data.num_classes, "embed_dim": config.embed_dim,
+           **dict(profile.model_config)},
+    )  # fmt: skip
+    settings = TrainSettings.for_user(config, profile)
+    return Trainer(
+        model, data, settings, device=resolve_device(config.device), seed=user_seed(config, profile)
+    )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Run one round of the user's local work and reply with metrics and Z_n."""
+    start = time.perf_counter()
+    config = RunConfig.from_run_config(context.run_config)
+    profile = load_federation(config.federation).user_for_node(context.node_config)
+    root = context.node_config.get("state-dir") or config.state_dir or default_state_root()
+    store = StateStore(Path(str(root)), context.run_id, context.node_id)
+    trainer = store.open(lambda: build_trainer(config, profile, config.federation))
+    instruction = wire.instruction_from_records(
+        msg.content, public_size=config.public_size, dim=config.embed_dim
+    )
+    metrics: dict[str, float] = {}
+    if instruction.payload is not None and instruction.contrast_indices is not None:
+        metrics["contrastive-loss"] = trainer.contrastive_update(
+            instruction.contrast_indices, instruction.payload
+        )
+    metrics["train-loss"] = trainer.supervised_update()
+    metrics |= trainer.evaluate()
+    representation = None
+    if instruction.next_indices is not None:
+        representation = wire.representation_to_records(
+            trainer.represent(instruction.next_indices),
+            round_id=instruction.round_id + 1,
+            digest=wire.batch_digest(instruction.next_indices),
+        )
+    trainer.rounds_done += 1
+    store.save(trainer)
+    metrics["client-seconds"] = time.perf_counter() - start
+    user = {
+        "user-id": profile.id,
+        "model": profile.model,
+        "task": profile.task,
+        "metric": trainer.model.task_type.primary_metric,
+    }
+    content = wire.reply_to_records(metrics=metrics, user=user, representation=representation)
+    return Message(content, reply_to=msg)

@@ -1,0 +1,124 @@
+"""A user's data, from its profile: its share of its task's private set, and the public set.
+
+Each task's private set is split among the users of that task (IID or Dirichlet by label,
+with flwr-datasets partitioners), and each share into train and held-out test. The source
+is one run-config value: ``world`` (the procedural world) or ``real`` (the offline
+real-data federation from Debian packages).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from datasets import Dataset
+
+from fedmuscle_flwr.data.partition import user_split
+from fedmuscle_flwr.federation import Federation, UserProfile
+
+__all__ = ["DATA_SOURCES", "UserData", "load_user_data"]
+
+
+@dataclass(frozen=True)
+class UserData:
+    """What one user trains and evaluates on, and the public set it represents."""
+
+    train: Dataset
+    test: Dataset
+    public: Dataset
+    num_classes: int
+    image_size: int | None = None
+
+
+# source name -> (private set of a task, public set, number of classes of a task)
+Source = tuple[
+    Callable[[Federation, str], Dataset],
+    Callable[[Federation, int], Dataset],
+    Callable[[Federation, str], int],
+]
+
+
+def _world_source() -> Source:
+    from fedmuscle_flwr.data.world import WorldConfig, num_classes, private_dataset, public_dataset
+
+    def config(fed: Federation, public_size: int = 0) -> WorldConfig:
+        return WorldConfig(
+            seed=fed.data.world_seed,
+            image_size=fed.data.image_size,
+            private_size=fed.data.private_size,
+            public_size=public_size,
+        )
+
+    return (
+        lambda fed, task: private_dataset(config(fed), task),
+        lambda fed, size: public_dataset(config(fed, size)),
+        lambda fed, task: num_classes(config(fed), task),
+    )
+
+
+def _real_source() -> Source:
+    from fedmuscle_flwr.data.real import (
+        RealDataConfig,
+        load_real_private,
+        load_real_public,
+        real_num_classes,
+    )
+
+    def config(fed: Federation) -> RealDataConfig:
+        return RealDataConfig(
+            seed=fed.data.world_seed,
+            image_size=fed.data.image_size,
+            fashion_train_size=fed.data.private_size,
+            wordnet_max_per_class=max(1, fed.data.private_size // 16),
+        )
+
+    return (
+        lambda fed, task: load_real_private(task, config(fed), split="train"),
+        lambda fed, size: load_real_public(config(fed)).select(range(size)),
+        lambda fed, task: real_num_classes(task, config(fed)),
+    )
+
+
+DATA_SOURCES: dict[str, Callable[[], Source]] = {"world": _world_source, "real": _real_source}
+
+
+def load_user_data(
+    profile: UserProfile, federation: Federation, *, source: str, public_size: int, seed: int = 0
+) -> UserData:
+    """Build ``profile``'s train/test split and the public set of ``public_size`` samples."""
+    if source not in DATA_SOURCES:
+        raise ValueError(f"dataset must be one of {sorted(DATA_SOURCES)}, got {source!r}")
+    private, public, classes = DATA_SOURCES[source]()
+    peers = federation.peers(profile)
+    split = user_split(
+        private(federation, profile.task),
+        num_partitions=len(peers),
+        partition_id=peers.index(profile),
+        scheme=profile.partition,
+        alpha=profile.alpha,
+        seed=seed,
+        test_fraction=federation.data.test_fraction,
+    )
+    try:
+        public_set = public(federation, public_size)
+    except IndexError as err:
+        raise ValueError(
+            f"public-size={public_size} is larger than the {source!r} public set"
+        ) from err
+    if len(public_set) < public_size:
+        raise ValueError(
+            f"public-size={public_size} but the {source!r} public set has {len(public_set)} samples"
+        )
+    return UserData(
+        train=split["train"],
+        test=split["test"],
+        public=public_set,
+        num_classes=classes(federation, profile.task),
+        image_size=federation.data.image_size,
+    )
+
+
+def describe(data: UserData) -> dict[str, Any]:
+    """Sizes, for logs."""
+    return {"train": len(data.train), "test": len(data.test), "public": len(data.public)}

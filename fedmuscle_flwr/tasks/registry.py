@@ -1,0 +1,81 @@
+"""The task registry: ``register_task``, ``get_task``, ``list_tasks``.
+
+Built-in tasks register themselves when :mod:`fedmuscle_flwr.tasks` is imported. Other
+packages add tasks through the entry-point group ``fedmuscle.tasks``; each entry point's
+value is a :class:`~fedmuscle_flwr.tasks.base.Task` subclass (built with no arguments) or
+instance, registered under the entry point's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from fedmuscle_flwr._registry import Registry
+from fedmuscle_flwr.tasks.base import Task
+
+__all__ = ["ENTRY_POINT_GROUP", "TASKS", "get_task", "list_tasks", "register_task"]
+
+ENTRY_POINT_GROUP = "fedmuscle.tasks"
+
+TaskT = TypeVar("TaskT", bound="type[Task] | Task")
+
+
+def _coerce_task(name: str, obj: object) -> Task:
+    task = obj() if isinstance(obj, type) and issubclass(obj, Task) else obj
+    if not isinstance(task, Task):
+        raise TypeError(
+            f"task {name!r} must be a Task subclass or instance, got {type(obj).__name__}"
+        )
+    if task.name and task.name != name:
+        raise ValueError(f"task object is named {task.name!r} but registered as {name!r}")
+    task.name = name
+    return task
+
+
+TASKS: Registry[Task] = Registry("task", ENTRY_POINT_GROUP, _coerce_task)
+
+
+def register_task(name: str, *, exist_ok: bool = False) -> Callable[[TaskT], TaskT]:
+    """Register a task type under ``name`` (class decorator).
+
+    Parameters
+    ----------
+    name : str
+        The task id (``"image-classification"``, ...).
+    exist_ok : bool
+        Replace an existing task of that name instead of raising ``ValueError``.
+
+    Returns
+    -------
+    callable
+        A decorator for a :class:`Task` subclass (instantiated with no arguments) or a
+        :class:`Task` instance; it returns its argument unchanged.
+
+    Examples
+    --------
+    >>> @register_task("my-task")  # doctest: +SKIP
+    ... class MyTask(Task): ...
+    """
+
+    def decorator(obj: TaskT) -> TaskT:
+        TASKS.add(name, obj, exist_ok=exist_ok)
+        return obj
+
+    return decorator
+
+
+def get_task(name: str) -> Task:
+    """Return the task registered as ``name``.
+
+    Raises
+    ------
+    fedmuscle_flwr._registry.UnknownNameError
+        (a ``KeyError``) naming the known tasks, when ``name`` is unknown.
+    """
+    return TASKS.get(name)
+
+
+def list_tasks() -> list[str]:
+    """Return the names of all registered tasks (built-in and plug-in), sorted."""
+    return TASKS.names()

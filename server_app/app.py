@@ -1,0 +1,34 @@
+"""The FedMuscle ServerApp: read the run config, run the strategy, write the results."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedmuscle_flwr.config import RunConfig
+from server_app.strategy import FedMuscleStrategy
+
+logger = logging.getLogger("fedmuscle.server")
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run ``num-server-rounds`` rounds of FedMuscle and write ``<output-dir>/<run>/``."""
+    config = RunConfig.from_run_config(context.run_config)
+    strategy = FedMuscleStrategy(config)
+    out_dir = Path(config.output_dir).expanduser() / f"run-{context.run_id}"
+    try:
+        strategy.start(
+            grid,
+            ArrayRecord(),
+            num_rounds=config.num_server_rounds,
+            timeout=config.round_timeout,
+        )
+    finally:
+        path = strategy.results.write(out_dir)
+        print(f"results: {path.resolve()}", flush=True)
