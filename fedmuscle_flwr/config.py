@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 class RunConfig:
     """Everything a FedMuscle run is configured with (run-config keys in kebab-case)."""
 
-    num_server_rounds: int = 3
+    num_server_rounds: int = 10
     algorithm: str = "muscle"
     num_partners: int = 3  # M
     public_batch_size: int = 32  # B
@@ -42,7 +42,7 @@ class RunConfig:
     seed: int = 0
     dataset: str = "world"
     federation: str = "default"
-    public_size: int = 2048
+    public_size: int = 1024
     output_dir: str = "outputs"
     device: str = "auto"
     amp: bool = False

@@ -9,6 +9,7 @@ generated from the fixture package's own ``pyproject.toml``, and puts the fixtur
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -31,6 +32,16 @@ from tests.test_models_contract import NUM_CLASSES, D, check_contract
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fedmuscle_plugin_example"
 PLUGIN = "example-mlp"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread() -> Iterator[None]:
+    """Tiny models: thread start-up and spinning cost more than they save, and on a busy
+    2-core machine several intra-op threads make these tests many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_dist_info(site: Path, dist: str, entry_points: dict[str, str]) -> None:
@@ -69,9 +80,11 @@ def test_fixture_declares_the_documented_entry_point() -> None:
 
 
 def test_entry_point_plugin_is_built_by_name(plugin_site: Path) -> None:
-    write_dist_info(plugin_site, "fedmuscle-plugin-example", fixture_entry_points())
-    assert PLUGIN not in MODELS._entries  # not there before the group is read
     MODELS.load_plugins(force=True)
+    assert PLUGIN not in list_client_models()  # importable, but not installed: not found
+    write_dist_info(plugin_site, "fedmuscle-plugin-example", fixture_entry_points())
+    assert PLUGIN not in list_client_models()  # the group is read once ...
+    MODELS.load_plugins(force=True)  # ... until asked again
     assert PLUGIN in list_client_models()
     assert "entry point 'example-mlp'" in MODELS.source(PLUGIN)
 
@@ -165,6 +178,10 @@ def test_seed_covers_plugin_builders() -> None:
 
 @pytest.mark.slow
 def test_pip_installed_plugin_is_found_in_a_fresh_process(tmp_path: Path) -> None:
+    # Install from a copy: setuptools writes build/ and *.egg-info next to the sources,
+    # and an egg-info under the fixture's src/ would register the plug-in by itself.
+    source = tmp_path / "source"
+    shutil.copytree(FIXTURE, source, ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path / "site"
     subprocess.run(
         [
@@ -178,7 +195,7 @@ def test_pip_installed_plugin_is_found_in_a_fresh_process(tmp_path: Path) -> Non
             "--no-index",
             "--target",
             str(target),
-            str(FIXTURE),
+            str(source),
         ],
         check=True,
         timeout=300,
@@ -189,7 +206,10 @@ def test_pip_installed_plugin_is_found_in_a_fresh_process(tmp_path: Path) -> Non
         "m = build_client_model('example-mlp', task='image-classification', num_classes=3)\n"
         "print(type(m.encoder).__module__)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.getcwd()])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(target), str(Path(__file__).parents[1])]),
+    }
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=env,

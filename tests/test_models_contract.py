@@ -80,6 +80,16 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread() -> Iterator[None]:
+    """Tiny models: thread start-up and spinning cost more than they save, and on a busy
+    2-core machine several intra-op threads make these tests many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------ helpers (also used
 # by tests/test_model_plugins.py)
 def is_builtin(name: str) -> bool:

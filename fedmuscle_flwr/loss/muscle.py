@@ -79,9 +79,7 @@ def _log_partner_weights(log_alpha_pairs: Tensor, num_others: int, batch: int) -
     return log_w
 
 
-def _partner_weights(
-    log_alpha_pairs: Tensor, num_others: int, batch: int
-) -> tuple[Tensor, Tensor]:
+def _partner_weights(log_alpha_pairs: Tensor, num_others: int, batch: int) -> tuple[Tensor, Tensor]:
     """W = exp(log W - shift) as a (B,)*M tensor, and the shift.
 
     Built in exp space like :func:`_log_partner_weights`, each small factor shifted by its

@@ -70,7 +70,7 @@ class TaskMetrics:
     @property
     def names(self) -> list[str]:
         """The metric names :meth:`compute` reports."""
-        return [str(name) for name in self.collection.keys()]
+        return [str(name) for name in self.collection]
 
 
 class Task(ABC):

@@ -1,0 +1,166 @@
+"""Compare local, pairwise, ensemble and muscle on one federation and seeds, paper-style.
+
+    python -m fedmuscle_flwr.compare --dataset world --seeds 0 1 2
+    python -m fedmuscle_flwr.compare --dataset real --seeds 0 1 2 --rounds 10
+
+Each (algorithm, seed) is a real ``flwr run`` simulation. The table gives every user's
+primary metric (mean +- std over seeds), and per algorithm: Delta against local (the mean
+relative change over users, ALGORITHM.md), the worst user's relative change and the share
+of users that improved, each as mean +- std over seeds. It is written into a section of
+``docs/results.md`` (other sections are kept) and the raw numbers beside it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import shlex
+import statistics
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fedmuscle_flwr.config import ALGORITHMS
+from fedmuscle_flwr.results import RunResults, delta_table, write_json_atomic
+from fedmuscle_flwr.simulate import simulate
+
+__all__ = ["compare", "main", "render_table"]
+
+
+def compare(
+    overrides: dict[str, Any], seeds: list[int], *, output_dir: Path
+) -> dict[int, dict[str, RunResults]]:
+    """Run every algorithm for every seed; ``{seed: {algorithm: results}}``."""
+    runs: dict[int, dict[str, RunResults]] = {}
+    for seed in seeds:
+        for algorithm in ALGORITHMS:
+            start = time.perf_counter()
+            print(f"== seed {seed}, {algorithm}", flush=True)
+            runs.setdefault(seed, {})[algorithm] = simulate(
+                overrides | {"algorithm": algorithm, "seed": seed},
+                output_dir=output_dir / f"seed{seed}-{algorithm}",
+                quiet=True,
+            )
+            print(f"   done in {time.perf_counter() - start:.0f} s", flush=True)
+    return runs
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
+
+
+def summarise(runs: dict[int, dict[str, RunResults]]) -> dict[str, Any]:
+    """Per-user metrics and Delta/worst/improved per algorithm, lists over seeds."""
+    users: dict[str, dict[str, list[float]]] = {}
+    deltas: dict[str, dict[str, list[float]]] = {}
+    info = {}
+    for by_algorithm in runs.values():
+        local = by_algorithm["local"]
+        for algorithm, results in by_algorithm.items():
+            for user_id, metrics in results.final.items():
+                value = results.primary(user_id, metrics)
+                if value is not None:
+                    users.setdefault(user_id, {}).setdefault(algorithm, []).append(value)
+                    info[user_id] = results.users[user_id]
+        others = {a: r for a, r in by_algorithm.items() if a != "local"}
+        for algorithm, row in delta_table(local, others).items():
+            for key, value in row.items():
+                deltas.setdefault(algorithm, {}).setdefault(key, []).append(value)
+    return {
+        "users": users,
+        "deltas": deltas,
+        "info": {u: vars(i) for u, i in info.items()},
+        "seeds": sorted(runs),
+    }
+
+
+def render_table(summary: dict[str, Any], title: str, command: str) -> str:
+    """The markdown section for one federation."""
+    algorithms = list(ALGORITHMS)
+    lines = [
+        f"### {title}",
+        "",
+        f"Seeds {summary['seeds']}; `{command}`; measured {time.strftime('%Y-%m-%d')}.",
+        "",
+        "| user | model | task | metric | " + " | ".join(algorithms) + " |",
+        "|---|---|---|---|" + "---|" * len(algorithms),
+    ]
+    for user_id in sorted(summary["users"]):
+        info = summary["info"][user_id]
+        cells = [_mean_std(summary["users"][user_id].get(a, [])) for a in algorithms]
+        lines.append(
+            f"| {user_id} | {info['model']} | {info['task']} | {info['metric']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "| algorithm | Delta vs local (%) | worst user (%) | users improved |",
+        "|---|---|---|---|",
+    ]
+    for algorithm in algorithms[1:]:
+        row = summary["deltas"].get(algorithm, {})
+        cells = [_mean_std(row.get(key, [])) for key in ("delta", "worst", "improved")]
+        lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, tag: str, body: str) -> None:
+    """Replace (or append) the section between ``<!-- tag -->`` markers in ``path``."""
+    section = f"<!-- {tag} -->\n{body}\n<!-- /{tag} -->"
+    text = path.read_text() if path.exists() else "# Results\n"
+    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + section + "\n"
+    )
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fedmuscle_flwr.compare", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--dataset", choices=("world", "real"), default="world")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--federation")
+    parser.add_argument("--run-config", help="more overrides, TOML: 'tau=0.2 local-steps=5'")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/compare"))
+    parser.add_argument("--results-md", type=Path, default=Path("docs/results.md"))
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {"dataset": args.dataset}
+    if args.rounds is not None:
+        overrides["num-server-rounds"] = args.rounds
+    if args.federation:
+        overrides["federation"] = args.federation
+    for token in shlex.split(args.run_config or "", posix=False):
+        overrides |= tomllib.loads(token)
+    label = f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs = compare(overrides, args.seeds, output_dir=args.output_dir / label)
+    summary = summarise(runs)
+    command = "python -m fedmuscle_flwr.compare " + " ".join(argv if argv is not None else [])
+    table = render_table(
+        summary,
+        f"Federation `{overrides.get('federation', 'default')}`, data `{args.dataset}`",
+        command,
+    )
+    print(table)
+    args.results_md.parent.mkdir(parents=True, exist_ok=True)
+    write_section(args.results_md, f"compare:{args.dataset}", table)
+    write_json_atomic(args.results_md.with_name(f"results-{args.dataset}.json"), summary)
+    print(f"wrote {args.results_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

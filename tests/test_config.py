@@ -1,0 +1,109 @@
+"""Run config, federation files and node -> user lookup: values checked at the edge."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedmuscle_flwr.config import ConfigError, RunConfig
+from fedmuscle_flwr.federation import FederationError, load_federation
+from fedmuscle_flwr.models import list_client_models
+from fedmuscle_flwr.tasks import list_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_run_config_lists_every_key_with_the_defaults():
+    section = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(section) == set(RunConfig().to_dict())
+    assert RunConfig.from_run_config(section) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        (
+            "algorithm",
+            "fedavg",
+            r"algorithm must be one of \['local', 'pairwise', 'ensemble', 'muscle'\]",
+        ),
+        ("payload", "sparse", "payload must be one of"),
+        ("num-partners", 0, "num-partners must be >= 1"),
+        ("public-batch-size", 1, "public-batch-size must be >= 2"),
+        ("tau", 0.0, "tau must be a positive number"),
+        ("tau-alpha", -1.0, "tau-alpha must be a positive number"),
+        ("contrastive-weight", -0.5, "contrastive-weight must be >= 0"),
+        ("fraction-train", 1.5, r"fraction-train must be in \(0, 1\]"),
+        ("num-server-rounds", "3", "num-server-rounds must be an integer"),
+        ("tau", "0.1", "tau must be a number"),
+        ("amp", 1, "amp must be true or false"),
+        ("public-batch-size", 4096, "must not exceed public-size"),
+        ("device", "tpu", "device must be one of"),
+        ("quorum", 1, "quorum must be >= 2"),
+    ],
+)
+def test_bad_values_name_the_key(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_run_config({key: value})
+
+
+def test_default_federation_is_heterogeneous_and_buildable():
+    federation = load_federation("default")
+    users = federation.users
+    assert len(users) >= 6
+    assert (
+        {u.task for u in users}
+        == set(list_tasks())
+        >= {
+            "image-classification",
+            "multi-label-classification",
+            "semantic-segmentation",
+            "text-classification",
+        }
+    )
+    assert len({u.model for u in users}) >= 4
+    assert {"vit", "bert"} <= {u.model for u in users if "lora" in u.model_config}
+    assert {u.model for u in users} <= set(list_client_models())
+
+
+def test_node_to_user_lookup(tmp_path):
+    federation = load_federation("default")
+    assert federation.user_for_node({"partition-id": 0}) == federation.users[0]
+    assert federation.user_for_node({"user": "bert-text"}).model == "bert"
+    with pytest.raises(FederationError, match="num-supernodes=6"):
+        federation.user_for_node({"partition-id": 6})
+    with pytest.raises(FederationError, match="no user 'nobody'"):
+        federation.user_for_node({"user": "nobody"})
+    with pytest.raises(FederationError, match="names no user"):
+        federation.user_for_node({})
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[[users]]\nid='a'\nmodel='vit'\n", "has no 'task'"),
+        ("[[users]]\nid='a'\nmodel='vit'\ntask='x'\ncolour='red'\n", r"unknown keys \['colour'\]"),
+        (
+            "[[users]]\nid='a'\nmodel='vit'\ntask='x'\npartition='shards'\n",
+            "partition must be one of",
+        ),
+        (
+            "[[users]]\nid='a'\nmodel='vit'\ntask='x'\n[[users]]\nid='a'\nmodel='vit'\ntask='x'\n",
+            "duplicate user ids",
+        ),
+        ("", "lists no users"),
+        ("users = [", "not valid TOML"),
+    ],
+)
+def test_bad_federation_files(tmp_path, text, match):
+    path = tmp_path / "fed.toml"
+    path.write_text(text)
+    with pytest.raises(FederationError, match=match):
+        load_federation(str(path))
+
+
+def test_missing_federation_lists_the_shipped_ones():
+    with pytest.raises(FederationError, match=r"neither a shipped federation \['default'"):
+        load_federation("/no/such/file.toml")
