@@ -3,7 +3,8 @@
 For each (B, M, d) it measures, each in a fresh subprocess so peak memory is its own:
 - client time: factored = preparing the round's partner weights + forward + backward;
   dense = forward + backward from S_n and alpha_n (median of --repeats runs after a warm-up);
-- peak memory: CUDA max_memory_allocated, or the rise of the process's peak RSS on the CPU;
+- peak memory: CUDA max_memory_allocated, or on the CPU the rise of the peak RSS (VmHWM,
+  reset through /proc/self/clear_refs just before the step) over the RSS at that moment;
 - payload bytes each user receives (float32).
 Dense payloads over Flower's gRPC message limit are refused, as the library refuses them.
 
@@ -18,7 +19,6 @@ import datetime as dt
 import json
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -79,12 +79,12 @@ def worker(batch: int, num_others: int, dim: int, form: str, device: str, repeat
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = reset_peak_rss()
     value = step()  # warm-up; also the peak-memory run
     peak = (
         torch.cuda.max_memory_allocated() - base
         if device.startswith("cuda")
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        else proc_status_bytes("VmHWM") - base
     )
     times = []
     for _ in range(repeats):
@@ -97,6 +97,20 @@ def worker(batch: int, num_others: int, dim: int, form: str, device: str, repeat
         "payload_bytes": payload,
         "loss": value,
     }
+
+
+def proc_status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; return that RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return proc_status_bytes("VmRSS")
 
 
 def run_one(batch: int, num_others: int, dim: int, form: str, device: str, repeats: int) -> dict:
