@@ -188,7 +188,7 @@ def main() -> None:
     )
     header = (
         "| B | M | d | factored time | dense time | speed-up | factored peak mem | dense peak mem "
-        "| factored payload | dense payload | payload ratio | |loss diff| |"
+        "| factored payload | dense payload | payload ratio | abs. loss diff |"
     )
     rows = [header, "|" + "---|" * 12]
     results = {}

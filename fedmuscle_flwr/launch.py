@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,13 @@ def stop_processes(pids: list[int], *, grace: float = 10.0) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def find_results(output_dir: Path) -> Path:
     """The single ``run-*/results.json`` under a launch's own output directory."""
     found = sorted(output_dir.glob("run-*/results.json"), key=lambda p: p.stat().st_mtime)
@@ -115,6 +123,9 @@ def run_simulation(
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         "HF_DATASETS_OFFLINE": os.environ.get("HF_DATASETS_OFFLINE", "1"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # Own ports for the local SuperLink, so that launches can run side by side.
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
     }
     flwr = shutil.which("flwr", path=env["PATH"])
     if flwr is None:
