@@ -9,47 +9,36 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from client_app.app import app as client_app
-from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.federation import load_federation
 from fedmuscle_flwr.results import RunResults
 from server_app.app import main as server_main
 from tests.inprocess import InProcessGrid
+from tests.tiny import TINY_FEDERATION, tiny_run_config
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
-TINY = str(Path(__file__).parent / "fixtures" / "federation_tiny.toml")
+TASKS = {
+    "image-classification",
+    "multi-label-classification",
+    "semantic-segmentation",
+    "text-classification",
+}
 
 
-def run(tmp_path: Path, **overrides) -> tuple[RunResults, InProcessGrid]:
-    run_config = {
-        "num-server-rounds": 2,
-        "federation": TINY,
-        "public-size": 64,
-        "public-batch-size": 8,
-        "embed-dim": 16,
-        "num-partners": 2,
-        "local-steps": 2,
-        "batch-size": 8,
-        "output-dir": str(tmp_path / "out"),
-        "state-dir": str(tmp_path / "state"),
-        "node-wait-timeout": 1.0,
-    } | overrides
-    users = load_federation(TINY).users
-    grid = InProcessGrid(
-        client_app, {100 + i: {"partition-id": i} for i in range(len(users))}, run_config
-    )
+def run(tmp_path: Path, nodes: dict[int, dict] | None = None, drop=None, **overrides) -> RunResults:
+    """Run the ServerApp over an in-process grid; return what it wrote."""
+    run_config = tiny_run_config(tmp_path, **overrides)
+    if nodes is None:
+        users = load_federation(TINY_FEDERATION).users
+        nodes = {100 + i: {"partition-id": i} for i in range(len(users))}
+    grid = InProcessGrid(client_app, nodes, run_config, drop=drop)
     server_main(grid, Context(7, 0, {}, RecordDict(), run_config))
     path = tmp_path / "out" / "run-7" / "results.json"
-    return RunResults.from_dict(json.loads(path.read_text())), grid
+    return RunResults.from_dict(json.loads(path.read_text()))
 
 
 def test_two_rounds_over_all_four_task_types(tmp_path):
-    results, _ = run(tmp_path)
-    assert {u.task for u in results.users.values()} == {
-        "image-classification",
-        "multi-label-classification",
-        "semantic-segmentation",
-        "text-classification",
-    }
+    results = run(tmp_path)
+    assert {u.task for u in results.users.values()} == TASKS
     assert [r.round for r in results.rounds] == [1, 2]
     for record in results.rounds:
         assert sorted(record.replied) == sorted(results.users), record.failed
@@ -60,51 +49,32 @@ def test_two_rounds_over_all_four_task_types(tmp_path):
         second.downlink_bytes[u] > first.downlink_bytes[u] for u in results.users
     )  # payloads
     for user_id, info in results.users.items():
-        metrics = results.final[user_id]
-        assert 0.0 <= metrics[info.metric] <= 1.0
-        assert (
-            "contrastive-loss" in second.metrics[user_id]
-            and "contrastive-loss" not in first.metrics[user_id]
-        )
+        assert 0.0 <= results.final[user_id][info.metric] <= 1.0
+        assert "contrastive-loss" in second.metrics[user_id]
+        assert "contrastive-loss" not in first.metrics[user_id]
     assert (tmp_path / "out" / "run-7" / "metrics.png").stat().st_size > 1000
     assert (tmp_path / "out" / "run-7" / "bytes.png").stat().st_size > 1000
     assert len(list((tmp_path / "state" / "run-7").glob("node-*/trainer.pt"))) == 4
 
 
 def test_local_exchanges_no_representations(tmp_path):
-    results, _ = run(tmp_path, **{"algorithm": "local"})
+    results = run(tmp_path, algorithm="local")
     assert all(v == 0 for r in results.rounds for v in r.uplink_bytes.values())
     assert all("contrastive-loss" not in m for r in results.rounds for m in r.metrics.values())
 
 
 def test_a_failing_and_a_silent_user_do_not_stop_the_run(tmp_path):
-    users = load_federation(TINY).users
-    run_config_bad = {"partition-id": 99}  # a node whose profile lookup fails
-    results, grid = None, None
-    run_config = {
-        "num-server-rounds": 2,
-        "federation": TINY,
-        "public-size": 64,
-        "public-batch-size": 8,
-        "embed-dim": 16,
-        "num-partners": 3,
-        "local-steps": 1,
-        "batch-size": 8,
-        "output-dir": str(tmp_path / "out"),
-        "state-dir": str(tmp_path / "state"),
-        "node-wait-timeout": 1.0,
-    }
-    nodes = {100 + i: {"partition-id": i} for i in range(len(users))} | {999: run_config_bad}
-    grid = InProcessGrid(
-        client_app, nodes, run_config, drop=lambda node, rnd: node == 102 and rnd == 2
-    )
-    server_main(grid, Context(7, 0, {}, RecordDict(), run_config))
-    results = RunResults.from_dict(
-        json.loads((tmp_path / "out" / "run-7" / "results.json").read_text())
+    users = load_federation(TINY_FEDERATION).users
+    nodes = {100 + i: {"partition-id": i} for i in range(len(users))}
+    nodes[999] = {"partition-id": 99}  # a node whose profile lookup fails
+    results = run(
+        tmp_path,
+        nodes=nodes,
+        drop=lambda node, rnd: node == 102 and rnd == 2,  # segformer-seg is silent in round 2
+        **{"num-partners": 3, "local-steps": 1},
     )
     first, second = results.rounds
     assert "partition-id 99 is out of range" in first.failed["node-999"]
     assert len(first.replied) == 4
     assert second.failed["segformer-seg"] == "no reply before the timeout"
     assert sorted(second.replied) == sorted(u.id for u in users if u.id != "segformer-seg")
-    assert RunConfig().algorithm == "muscle"

@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from fedmuscle_flwr.launch import processes_using_home, run_simulation
 from fedmuscle_flwr.results import RunResults
-
-TINY = str(Path(__file__).parent / "fixtures" / "federation_tiny.toml")
+from tests.tiny import TINY_FEDERATION, tiny_run_config
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_flwr_run_two_rounds_on_four_task_types(tmp_path):
     home = tmp_path / "flwr-home"
-    run_config = {
-        "num-server-rounds": 2,
-        "federation": TINY,
-        "public-size": 64,
-        "public-batch-size": 8,
-        "embed-dim": 16,
-        "num-partners": 2,
-        "local-steps": 2,
-        "batch-size": 8,
-        "state-dir": str(tmp_path / "state"),
-    }
+    run_config = tiny_run_config(tmp_path)
     path = run_simulation(run_config, num_supernodes=4, output_dir=tmp_path / "out", flwr_home=home)
     results = RunResults.from_dict(json.loads(path.read_text()))
-    assert results.config["federation"] == TINY
+    assert results.config["federation"] == TINY_FEDERATION
     assert len(results.users) == 4
     assert [r.round for r in results.rounds] == [1, 2]
     assert all(len(r.replied) == 4 and not r.failed for r in results.rounds)

@@ -1,0 +1,90 @@
+"""Results: JSON round trip, progress lines, Delta and the comparison table."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from fedmuscle_flwr.compare import render_table, summarise, write_section
+from fedmuscle_flwr.launch import toml_overrides
+from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo, delta_table, human_bytes
+
+
+def run(values: dict[str, float], algorithm: str = "muscle") -> RunResults:
+    users = {u: UserInfo(u, "vit", "image-classification", "accuracy") for u in values}
+    rounds = [
+        RoundRecord(1, metrics={u: {"accuracy": v / 2} for u, v in values.items()}),
+        RoundRecord(2, metrics={u: {"accuracy": v, "train-loss": 0.1} for u, v in values.items()}),
+    ]
+    return RunResults(config={"algorithm": algorithm}, users=users, rounds=rounds)
+
+
+def test_json_round_trip_and_final(tmp_path):
+    results = run({"a": 0.5, "b": 0.8})
+    results.rounds[1].failed["c"] = "no reply before the timeout"
+    path = results.write(tmp_path, plots=False)
+    back = RunResults.from_dict(json.loads(path.read_text()))
+    assert back.to_dict() == results.to_dict()
+    assert back.final == {
+        "a": {"accuracy": 0.5, "train-loss": 0.1},
+        "b": {"accuracy": 0.8, "train-loss": 0.1},
+    }
+    assert json.loads(path.read_text())["users"][0] == {
+        "id": "a",
+        "model": "vit",
+        "task": "image-classification",
+        "metric": "accuracy",
+    }
+
+
+def test_delta_worst_and_share_improved():
+    local = run({"a": 0.5, "b": 0.8, "c": 0.0}, "local")
+    other = run({"a": 0.6, "b": 0.6, "c": 0.3})
+    row = delta_table(local, {"muscle": other})["muscle"]
+    # a: +20 %, b: -25 %; c is skipped (local metric 0)
+    assert row["delta"] == pytest.approx(-2.5)
+    assert row["worst"] == pytest.approx(-25.0)
+    assert row["improved"] == pytest.approx(0.5)
+    assert row["skipped"] == 1
+
+
+def test_summary_table_has_mean_and_std_over_seeds(tmp_path):
+    runs = {
+        0: {
+            "local": run({"a": 0.5}, "local"),
+            "pairwise": run({"a": 0.5}),
+            "ensemble": run({"a": 0.5}),
+            "muscle": run({"a": 0.6}),
+        },
+        1: {
+            "local": run({"a": 0.5}, "local"),
+            "pairwise": run({"a": 0.5}),
+            "ensemble": run({"a": 0.5}),
+            "muscle": run({"a": 0.7}),
+        },
+    }
+    summary = summarise(runs)
+    table = render_table(summary, "t", "cmd")
+    row = "| a | vit | image-classification | accuracy | " + " | ".join(["0.500 ± 0.000"] * 3)
+    assert row + " | 0.650 ± 0.071 |" in table
+    assert "| muscle | 30.000 ± 14.142 | 30.000 ± 14.142 | 1.000 ± 0.000 |" in table
+    doc = tmp_path / "results.md"
+    write_section(doc, "compare:world", "first")
+    write_section(doc, "compare:real", "second")
+    write_section(doc, "compare:world", "third")
+    text = doc.read_text()
+    assert "third" in text and "second" in text and "first" not in text
+
+
+def test_toml_overrides_quote_strings_and_keep_numbers():
+    assert toml_overrides({"a": 1, "b": 0.5, "c": True, "d": 'x"y', "e": math.inf}) == (
+        'a=1 b=0.5 c=true d="x\\"y" e=inf'
+    )
+
+
+def test_human_bytes():
+    assert human_bytes(512) == "512 B"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(3 * 2**30) == "3.0 GiB"
