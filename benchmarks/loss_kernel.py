@@ -18,18 +18,22 @@ import argparse
 import datetime as dt
 import json
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from fedmuscle_flwr.results import write_markdown_section
+
 CPU_GRID = [(b, m, d) for d in (256, 768) for b in (32, 64, 128) for m in (2, 3, 4)] + [
     (32, 5, 768)
 ]
 GPU_GRID = [(b, m, d) for d in (256, 768) for b in (32, 64, 128, 256) for m in (2, 3, 4, 5)]
 QUICK_GRID = [(32, 2, 256), (64, 3, 768), (32, 5, 768)]
+
+
+DOC_TITLE = "# Benchmarks\n\nEvery number here was measured by the script named with it."
 
 
 def worker(batch: int, num_others: int, dim: int, form: str, device: str, repeats: int) -> dict:
@@ -252,7 +256,6 @@ def main() -> None:
     print("\n".join(targets))
     section = "\n".join(
         [
-            f"<!-- loss_kernel:{args.device} -->",
             f"### Muscle loss kernel on {args.device}",
             "",
             f"Measured {environment(args.device)}, with "
@@ -262,27 +265,10 @@ def main() -> None:
             *rows,
             "",
             *targets,
-            f"<!-- /loss_kernel:{args.device} -->",
         ]
     )
-    write_section(args.out, f"loss_kernel:{args.device}", section)
+    write_markdown_section(args.out, f"loss_kernel:{args.device}", section, title=DOC_TITLE)
     print(f"wrote {args.out}")
-
-
-def write_section(path: Path, tag: str, section: str) -> None:
-    """Replace (or append) the section between the tag's markers, keeping the rest."""
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmarks\n\nEvery number here was measured by the script named with it.\n"
-    )
-    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
-    text = (
-        pattern.sub(lambda _: section, text)
-        if pattern.search(text)
-        else text.rstrip() + "\n\n" + section + "\n"
-    )
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import shlex
 import statistics
 import time
@@ -23,10 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from fedmuscle_flwr.config import ALGORITHMS
-from fedmuscle_flwr.results import RunResults, delta_table, write_json_atomic
+from fedmuscle_flwr.results import (
+    RunResults,
+    delta_table,
+    write_json_atomic,
+    write_markdown_section,
+)
 from fedmuscle_flwr.simulate import simulate
 
-__all__ = ["compare", "main", "render_table"]
+__all__ = ["compare", "main", "render_table", "summarise"]
 
 
 def compare(
@@ -111,19 +115,6 @@ def render_table(summary: dict[str, Any], title: str, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, tag: str, body: str) -> None:
-    """Replace (or append) the section between ``<!-- tag -->`` markers in ``path``."""
-    section = f"<!-- {tag} -->\n{body}\n<!-- /{tag} -->"
-    text = path.read_text() if path.exists() else "# Results\n"
-    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
-    text = (
-        pattern.sub(lambda _: section, text)
-        if pattern.search(text)
-        else text.rstrip() + "\n\n" + section + "\n"
-    )
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -156,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table)
     args.results_md.parent.mkdir(parents=True, exist_ok=True)
-    write_section(args.results_md, f"compare:{args.dataset}", table)
+    write_markdown_section(args.results_md, f"compare:{args.dataset}", table)
     write_json_atomic(args.results_md.with_name(f"results-{args.dataset}.json"), summary)
     print(f"wrote {args.results_md}")
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import tempfile
 from collections import defaultdict
@@ -131,6 +132,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
         json.dump(data, handle, indent=2, sort_keys=False)
         handle.write("\n")
     os.replace(tmp, path)
+
+
+def write_markdown_section(path: Path, tag: str, body: str, *, title: str = "# Results") -> None:
+    """Replace (or append) the part of ``path`` between ``<!-- tag -->`` markers.
+
+    Other sections are kept, so several scripts can each own a section of one document.
+    """
+    section = f"<!-- {tag} -->\n{body}\n<!-- /{tag} -->"
+    text = path.read_text() if path.exists() else f"{title}\n"
+    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
 
 
 def human_bytes(n: float) -> str:

@@ -7,9 +7,16 @@ import math
 
 import pytest
 
-from fedmuscle_flwr.compare import render_table, summarise, write_section
+from fedmuscle_flwr.compare import render_table, summarise
 from fedmuscle_flwr.launch import toml_overrides
-from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo, delta_table, human_bytes
+from fedmuscle_flwr.results import (
+    RoundRecord,
+    RunResults,
+    UserInfo,
+    delta_table,
+    human_bytes,
+    write_markdown_section,
+)
 
 
 def run(values: dict[str, float], algorithm: str = "muscle") -> RunResults:
@@ -71,9 +78,9 @@ def test_summary_table_has_mean_and_std_over_seeds(tmp_path):
     assert row + " | 0.650 ± 0.071 |" in table
     assert "| muscle | 30.000 ± 14.142 | 30.000 ± 14.142 | 1.000 ± 0.000 |" in table
     doc = tmp_path / "results.md"
-    write_section(doc, "compare:world", "first")
-    write_section(doc, "compare:real", "second")
-    write_section(doc, "compare:world", "third")
+    write_markdown_section(doc, "compare:world", "first")
+    write_markdown_section(doc, "compare:real", "second")
+    write_markdown_section(doc, "compare:world", "third")
     text = doc.read_text()
     assert "third" in text and "second" in text and "first" not in text
 
