@@ -29,7 +29,9 @@ if [ -n "$missing_apt" ]; then
   fi
 fi
 
-deps_hash=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
+# The environment depends on the declared dependencies, the pins and this script only.
+declared=$("$PYTHON" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(p["dependencies"], p.get("optional-dependencies"))')
+deps_hash=$(printf '%s' "$declared" | cat - constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -n "${FEDMUSCLE_VENV_CACHE:-}" ]; then
   venv="$FEDMUSCLE_VENV_CACHE/venv-$deps_hash"
   if [ -e .venv ] && [ ! -L .venv ]; then rm -rf .venv; fi
