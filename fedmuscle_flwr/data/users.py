@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from datasets import Dataset
 
@@ -118,7 +117,3 @@ def load_user_data(
         image_size=federation.data.image_size,
     )
 
-
-def describe(data: UserData) -> dict[str, Any]:
-    """Sizes, for logs."""
-    return {"train": len(data.train), "test": len(data.test), "public": len(data.public)}
