@@ -107,3 +107,15 @@ def test_bad_federation_files(tmp_path, text, match):
 def test_missing_federation_lists_the_shipped_ones():
     with pytest.raises(FederationError, match=r"neither a shipped federation \['default'"):
         load_federation("/no/such/file.toml")
+
+
+def test_real_federation_uses_the_two_pretrained_encoders():
+    users = load_federation("real").users
+    assert {u.task for u in users} == set(list_tasks())
+    assert {"efficientnet-lite0", "minilm-l6"} <= {u.model for u in users}
+    assert all(
+        u.model_config.get("pretrained") == "package"
+        for u in users
+        if u.model in {"efficientnet-lite0", "minilm-l6"}
+    )
+    assert {u.model for u in users} <= set(list_client_models())
