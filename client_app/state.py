@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -75,7 +76,14 @@ class StateStore:
                     self.state_path, map_location=trainer.device, weights_only=True
                 )
                 trainer.load_state_dict(state)
-            except (OSError, RuntimeError, ValueError, KeyError) as err:
+            except (
+                OSError,
+                RuntimeError,
+                ValueError,
+                KeyError,
+                EOFError,
+                pickle.UnpicklingError,
+            ) as err:
                 raise RuntimeError(
                     f"cannot restore client state from {self.state_path} ({err}); delete "
                     f"{self.directory} to start this node afresh"
