@@ -1,0 +1,68 @@
+"""A user's local work: contrastive steps learn, every algorithm runs, AMP runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from client_app.app import build_trainer
+from fedmuscle_flwr.aggregation import build_payloads
+from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.federation import load_federation
+from fedmuscle_flwr.training import contrastive_objective
+from tests.tiny import TINY_FEDERATION
+
+CONFIG = RunConfig(
+    federation=TINY_FEDERATION, public_size=64, public_batch_size=8, embed_dim=16, local_steps=2,
+    batch_size=8, learning_rate=3e-3,
+)  # fmt: skip
+INDICES = list(range(8))
+
+
+def partners_payload(dense: bool = False):
+    g = torch.Generator().manual_seed(0)
+    reps = {n: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for n in range(4)}
+    return build_payloads(
+        reps, num_partners=3, tau_alpha=0.5, generator=g, device="cpu", dense=dense
+    )[0]
+
+
+@pytest.mark.parametrize("algorithm", ["pairwise", "ensemble", "muscle"])
+def test_contrastive_steps_reduce_the_loss(algorithm):
+    profile = load_federation(TINY_FEDERATION).users[0]
+    config = dataclasses.replace(CONFIG, algorithm=algorithm, contrastive_steps=15)
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    payload = partners_payload()
+    objective = contrastive_objective(
+        algorithm, payload, tau=config.tau, tau_alpha=config.tau_alpha
+    )
+    before = float(objective(trainer.represent(INDICES)))
+    trainer.contrastive_update(INDICES, payload)
+    after = float(objective(trainer.represent(INDICES)))
+    assert math.isfinite(before) and after < before - 0.1
+
+
+def test_dense_payload_gives_the_same_objective_as_factored():
+    factored, dense = partners_payload(), partners_payload(dense=True)
+    z = F.normalize(torch.randn(8, 16, generator=torch.Generator().manual_seed(5)), dim=-1)
+    a = contrastive_objective("muscle", factored, tau=0.1, tau_alpha=0.5)(z)
+    b = contrastive_objective("muscle", dense, tau=0.1, tau_alpha=0.5)(z)
+    assert torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="no contrastive loss"):
+        contrastive_objective("local", factored, tau=0.1, tau_alpha=0.5)
+
+
+def test_amp_and_zero_contrastive_weight():
+    profile = load_federation(TINY_FEDERATION).users[2]  # SegFormer
+    trainer = build_trainer(
+        dataclasses.replace(CONFIG, amp=True, contrastive_weight=0.0), profile, TINY_FEDERATION
+    )
+    assert math.isfinite(trainer.supervised_update())
+    assert 0.0 <= trainer.evaluate()["miou"] <= 1.0
+    before = trainer.represent(INDICES)
+    assert trainer.contrastive_update(INDICES, partners_payload()) == 0.0
+    assert torch.equal(trainer.represent(INDICES), before)
