@@ -13,6 +13,7 @@ of users that improved, each as mean +- std over seeds. It is written into a sec
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import statistics
@@ -30,7 +31,7 @@ from fedmuscle_flwr.results import (
 )
 from fedmuscle_flwr.simulate import simulate
 
-__all__ = ["compare", "main", "render_table", "summarise"]
+__all__ = ["compare", "load_runs", "main", "render_table", "summarise"]
 
 
 def compare(
@@ -49,6 +50,21 @@ def compare(
             )
             print(f"   done in {time.perf_counter() - start:.0f} s", flush=True)
     return runs
+
+
+def load_runs(directory: Path) -> dict[int, dict[str, RunResults]]:
+    """Read back the runs a comparison wrote (``seed<S>-<algorithm>/run-*/results.json``).
+
+    Seeds with a missing algorithm are left out, so an interrupted comparison can still be
+    summarised over the seeds it completed.
+    """
+    runs: dict[int, dict[str, RunResults]] = {}
+    for path in sorted(directory.glob("seed*-*/run-*/results.json")):
+        seed_text, algorithm = path.parent.parent.name.removeprefix("seed").split("-", 1)
+        runs.setdefault(int(seed_text), {})[algorithm] = RunResults.from_dict(
+            json.loads(path.read_text())
+        )
+    return {seed: by for seed, by in runs.items() if set(by) == set(ALGORITHMS)}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -128,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", help="more overrides, TOML: 'tau=0.2 local-steps=5'")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/compare"))
     parser.add_argument("--results-md", type=Path, default=Path("docs/results.md"))
+    parser.add_argument(
+        "--summarise", type=Path, metavar="DIR",
+        help="run nothing: summarise the complete seeds of an earlier comparison's output DIR",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"dataset": args.dataset}
     if args.rounds is not None:
@@ -136,8 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides["federation"] = args.federation
     for token in shlex.split(args.run_config or "", posix=False):
         overrides |= tomllib.loads(token)
-    label = f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    runs = compare(overrides, args.seeds, output_dir=args.output_dir / label)
+    if args.summarise is not None:
+        runs = load_runs(args.summarise)
+        if not runs:
+            print(f"error: no seed with all four algorithms under {args.summarise}")
+            return 1
+    else:
+        label = f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        runs = compare(overrides, args.seeds, output_dir=args.output_dir / label)
     summary = summarise(runs)
     command = "python -m fedmuscle_flwr.compare " + " ".join(argv if argv is not None else [])
     table = render_table(
