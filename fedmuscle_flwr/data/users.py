@@ -116,4 +116,3 @@ def load_user_data(
         num_classes=classes(federation, profile.task),
         image_size=federation.data.image_size,
     )
-
