@@ -51,6 +51,7 @@ class RunConfig:
     quorum: int = 2
     node_wait_timeout: float = 120.0
     round_timeout: float = 600.0
+    grid_poll_interval: float = 0.2  # s between the ServerApp's pulls for replies
     state_dir: str = ""  # client state; "" = $FEDMUSCLE_STATE_DIR or ~/.cache/fedmuscle/state
 
     def __post_init__(self) -> None:
@@ -74,7 +75,14 @@ class RunConfig:
                 f"public-batch-size ({self.public_batch_size}) must not exceed public-size "
                 f"({self.public_size})"
             )
-        for name in ("tau", "tau_alpha", "learning_rate", "node_wait_timeout", "round_timeout"):
+        for name in (
+            "tau",
+            "tau_alpha",
+            "learning_rate",
+            "node_wait_timeout",
+            "round_timeout",
+            "grid_poll_interval",
+        ):
             _positive(name, getattr(self, name))
         if not (math.isfinite(self.contrastive_weight) and self.contrastive_weight >= 0):
             raise ConfigError(f"contrastive-weight must be >= 0, got {self.contrastive_weight!r}")

@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmuscle_flwr.config import RunConfig
+from server_app.fast_grid import wrap_grid
 from server_app.strategy import FedMuscleStrategy
 
 logger = logging.getLogger("fedmuscle.server")
@@ -20,6 +21,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds of FedMuscle and write ``<output-dir>/<run>/``."""
     config = RunConfig.from_run_config(context.run_config)
+    grid = wrap_grid(grid, config.grid_poll_interval)  # Flower's HttpGrid polls every 3 s
     strategy = FedMuscleStrategy(config)
     out_dir = Path(config.output_dir).expanduser() / f"run-{context.run_id}"
     try:

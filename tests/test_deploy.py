@@ -1,0 +1,389 @@
+"""Real deployment on loopback: SuperLink and SuperNodes as processes, TLS, SuperNode auth.
+
+Everything goes through the deploy/ scripts. Every process a test starts runs in its own
+session (process group) and is stopped by group, then by its FLWR_HOME (launch.py's
+helpers), also when the test fails. Ports are picked free at run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedmuscle_flwr.launch import processes_using_home, stop_processes, toml_overrides
+from server_app.fast_grid import PollingGrid, wrap_grid
+from tests.tiny import TINY_FEDERATION
+
+pytestmark = pytest.mark.deploy
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+VENV_BIN = ROOT / ".venv" / "bin"
+HAVE_FLOWER = (VENV_BIN / "flower-superlink").exists()
+needs_flower = pytest.mark.skipif(not HAVE_FLOWER, reason="run scripts/setup.sh first")
+
+
+def _env(home: Path) -> dict[str, str]:
+    return os.environ | {
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def _script(name: str, *args: str, home: Path | None = None, **kw: Any):
+    env = _env(home) if home else _env(Path(os.environ.get("FLWR_HOME", "/nonexistent")))
+    return subprocess.run(
+        ["bash", str(DEPLOY / name), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        **kw,
+    )
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _wait_for(path: Path, pattern: str, timeout: float, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and re.search(pattern, path.read_text(errors="replace")):
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    text = path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
+    raise AssertionError(f"no {pattern!r} in {path} within {timeout:.0f} s:\n{text}")
+
+
+class Cluster:
+    """Processes started through deploy/ scripts, each in its own process group."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.logs = root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.homes: list[Path] = []
+        self.fleet, self.control = _free_ports(2)
+        self.cli_home = root / "cli-home"
+        self.cli_home.mkdir()
+        self.homes.append(self.cli_home)
+
+    def start(self, name: str, script: str, *args: str, home: Path) -> subprocess.Popen:
+        home.mkdir(parents=True, exist_ok=True)
+        self.homes.append(home)
+        log = (self.logs / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            ["bash", str(DEPLOY / script), *args],
+            env=_env(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stopped as one
+        )
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                self.kill(name, signal.SIGKILL)
+                proc.wait(timeout=10)
+        # Children that left the group (Flower detaches its SuperExec) carry FLWR_HOME.
+        for home in self.homes:
+            stop_processes(processes_using_home(home.resolve()), grace=5.0)
+
+    # ---------------------------------------------------------------- steps
+    def certs_and_keys(self, names: list[str]) -> None:
+        done = _script("make-certs.sh", str(self.root / "certs"))
+        assert done.returncode == 0, done.stderr
+        done = _script("make-node-keys.sh", str(self.root / "keys"), *names)
+        assert done.returncode == 0, done.stderr
+
+    def start_superlink(self) -> None:
+        proc = self.start(
+            "superlink",
+            "start-superlink.sh",
+            "--certs", str(self.root / "certs"),
+            "--database", str(self.root / "superlink" / "state.db"),
+            "--fleet-address", f"127.0.0.1:{self.fleet}",
+            "--host", "127.0.0.1", "--port", str(self.control),
+            home=self.root / "superlink" / "home",
+        )  # fmt: skip
+        _wait_for(self.logs / "superlink.log", "Uvicorn running on", 60, proc)
+        done = _script(
+            "write-flwr-config.sh",
+            "--name", "test", "--address", f"127.0.0.1:{self.control}",
+            "--ca", str(self.root / "certs" / "ca.crt"),
+            home=self.cli_home,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    def register(self, names: list[str]) -> dict[str, str]:
+        keys = [str(self.root / "keys" / f"{n}.pub") for n in names]
+        done = _script("register-nodes.sh", "--connection", "test", *keys, home=self.cli_home)
+        assert done.returncode == 0, done.stderr
+        return dict(line.split() for line in done.stdout.splitlines())
+
+    def start_node(self, user: str, port: int, *flags: str) -> subprocess.Popen:
+        node = self.root / "nodes" / user
+        return self.start(
+            f"node-{user}",
+            "start-supernode.sh",
+            "--superlink", f"127.0.0.1:{self.fleet}",
+            "--ca", str(self.root / "certs" / "ca.crt"),
+            "--key", str(self.root / "keys" / user),
+            "--user", user, "--state-dir", str(node / "state"),
+            "--data-dir", str(node / "data"), "--port", str(port), *flags,
+            home=node / "home",
+        )  # fmt: skip
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+# -------------------------------------------------------------------- script contracts
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("start-superlink.sh", ["--database", "/tmp/x.db"], "--certs is required"),
+        ("start-supernode.sh", ["--superlink", "h:1", "--user", "u"], "--ca and --key are"),
+        ("write-flwr-config.sh", ["--address", "h:1"], "--ca is required"),
+    ],
+)
+def test_insecure_only_when_asked_for(script, args, message):
+    done = _script(script, *args, "--dry-run") if "start" in script else _script(script, *args)
+    assert done.returncode == 2
+    assert message in done.stderr and "--insecure explicitly" in done.stderr
+
+
+@needs_flower
+def test_secure_commands_and_explicit_insecure(tmp_path):
+    certs = tmp_path / "certs"
+    assert (
+        _script("make-certs.sh", str(certs), "--san", "link.example.org,10.0.0.5").returncode == 0
+    )
+    san = subprocess.run(
+        ["openssl", "x509", "-in", str(certs / "server.pem"), "-noout", "-ext", "subjectAltName"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "DNS:link.example.org" in san and "IP Address:10.0.0.5" in san
+    assert _script("make-node-keys.sh", str(tmp_path / "keys"), "n1").returncode == 0
+    assert (tmp_path / "keys" / "n1.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+
+    link = _script("start-superlink.sh", "--certs", str(certs), "--database", "s.db", "--dry-run")
+    assert link.returncode == 0, link.stderr
+    for flag in (
+        "--enable-supernode-auth",
+        "--ssl-certfile",
+        "--ssl-ca-certfile",
+        "--fleet-api-type grpc-rere",
+        "--disable-runtime-dependency-installation",
+    ):
+        assert flag in link.stdout
+    assert "--insecure" not in link.stdout
+
+    node = _script(
+        "start-supernode.sh", "--superlink", "h:9092", "--user", "vit-cls",
+        "--ca", str(certs / "ca.crt"), "--key", str(tmp_path / "keys" / "n1"), "--dry-run",
+    )  # fmt: skip
+    assert node.returncode == 0, node.stderr
+    assert "--root-certificates" in node.stdout and "--auth-supernode-private-key" in node.stdout
+    assert 'user=\\"vit-cls\\"' in node.stdout and "--insecure" not in node.stdout
+
+    insecure = _script("start-superlink.sh", "--insecure", "--database", "s.db", "--dry-run")
+    assert insecure.returncode == 0 and "--insecure" in insecure.stdout
+    assert "--enable-supernode-auth" not in insecure.stdout
+    assert "WARNING: insecure" in insecure.stderr
+
+
+def test_keys_and_certificates_never_go_into_the_repo():
+    for script, extra in (("make-certs.sh", []), ("make-node-keys.sh", ["n1"])):
+        done = _script(script, str(ROOT / "secrets"), *extra)
+        assert done.returncode == 2 and "inside the repository" in done.stderr
+    assert not (ROOT / "secrets").exists()
+
+
+# -------------------------------------------------------------------- PollingGrid
+
+
+class _FakeGrid:
+    """Replies to every pushed message on the ``ready_after``-th pull; counts pulls."""
+
+    def __init__(self, ready_after: int) -> None:
+        self.ready_after = ready_after
+        self.pulls = 0
+
+    def push_messages(self, messages):
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, ids):
+        self.pulls += 1
+        if self.pulls < self.ready_after:
+            return []
+
+        class _Reply:
+            def __init__(self, mid):
+                self.metadata = type("M", (), {"reply_to_message_id": mid})()
+
+        return [_Reply(m) for m in ids]
+
+    def get_node_ids(self):
+        return [1, 2]
+
+
+def test_polling_grid_polls_at_its_interval_and_honours_the_timeout():
+    fake = _FakeGrid(ready_after=3)
+    grid = PollingGrid(fake, 0.05)  # type: ignore[arg-type]
+    start = time.monotonic()
+    replies = list(grid.send_and_receive([object(), object()], timeout=10))
+    assert len(replies) == 2 and fake.pulls == 3
+    assert time.monotonic() - start < 1.0  # Flower's HttpGrid would sleep 2 x 3 s here
+    slow = PollingGrid(_FakeGrid(ready_after=10**9), 0.05)  # type: ignore[arg-type]
+    start = time.monotonic()
+    assert list(slow.send_and_receive([object()], timeout=0.3)) == []
+    assert 0.25 < time.monotonic() - start < 1.0
+    assert wrap_grid(grid, 0.1) is grid and grid.poll_interval == 0.1
+    assert list(grid.get_node_ids()) == [1, 2]
+    with pytest.raises(ValueError, match="poll_interval"):
+        PollingGrid(fake, 0)  # type: ignore[arg-type]
+
+
+# -------------------------------------------------------------------- real clusters
+
+
+@needs_flower
+@pytest.mark.timeout(420)
+def test_local_demo_runs_two_rounds_and_leaves_nothing_behind(tmp_path):
+    workdir = tmp_path / "demo"
+    done = subprocess.run(
+        ["bash", str(DEPLOY / "local-demo.sh"), "--workdir", str(workdir)],
+        env=_env(tmp_path / "unused-home"),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert "OK: 4 SuperNodes, 2 rounds, results checked" in done.stderr
+    results = json.loads(sorted((workdir / "out").glob("run-*/results.json"))[-1].read_text())
+    assert {u["model"] for u in results["users"]} == {
+        "small-cnn",
+        "vit",
+        "segformer",
+        "bert",
+    }
+    assert len({u["task"] for u in results["users"]}) == 4
+    assert all(len(r["replied"]) == 4 and not r["failed"] for r in results["rounds"])
+    assert all(v > 0 for v in results["rounds"][1]["downlink_bytes"].values())
+    # Every process it started is gone: nothing runs with one of its Flower homes.
+    homes = [workdir / "superlink" / "flwr-home", workdir / "cli" / "flwr-home"]
+    homes += [p / "flwr-home" for p in (workdir / "nodes").iterdir()]
+    assert all(processes_using_home(h.resolve()) == [] for h in homes)
+    # TLS and authentication were on.
+    link_log = (workdir / "logs" / "superlink.log").read_text()
+    assert "--enable-supernode-auth" in link_log and "--insecure" not in link_log
+
+
+@needs_flower
+@pytest.mark.timeout(300)
+def test_unregistered_supernode_is_refused_and_a_killed_one_is_left_out(cluster: Cluster):
+    users = ["cnn-cls", "vit-multilabel", "bert-text"]
+    cluster.certs_and_keys([*users, "intruder"])
+    cluster.start_superlink()
+    ids = cluster.register(users)
+    assert set(ids) == set(users)
+
+    # A SuperNode whose key was never registered is refused and exits.
+    ports = _free_ports(4)
+    intruder = cluster.start_node("intruder", ports[3])
+    assert intruder.wait(timeout=90) != 0
+    assert "Failed to activate SuperNode" in (cluster.logs / "node-intruder.log").read_text()
+
+    for user, port in zip(users, ports, strict=False):
+        cluster.start_node(user, port, "--warm", "--fast-poll", "0.2")
+    for user in users:  # connected, and the warm executor has imported torch & co.
+        for pattern in ("SuperNode ID", "preloaded"):
+            _wait_for(cluster.logs / f"node-{user}.log", pattern, 90, cluster.procs[f"node-{user}"])
+
+    out = cluster.root / "out"
+    run_config = {
+        "num-server-rounds": 3, "federation": TINY_FEDERATION, "public-size": 64,
+        "public-batch-size": 8, "embed-dim": 16, "num-partners": 2, "local-steps": 2,
+        "batch-size": 8, "min-nodes": 3, "quorum": 2, "node-wait-timeout": 60.0,
+        "round-timeout": 30.0, "grid-poll-interval": 0.2, "output-dir": str(out),
+    }  # fmt: skip
+    run_log = cluster.logs / "flwr-run.log"
+    with run_log.open("w") as log:
+        run = subprocess.Popen(
+            [str(VENV_BIN / "flwr"), "run", str(ROOT), "test", "--stream",
+             "--run-config", toml_overrides(run_config)],
+            env=_env(cluster.cli_home), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        cluster.procs["flwr-run"] = run
+        # Kill one SuperNode (its whole process group, no goodbye) once round 1 is done.
+        _wait_for(run_log, r"round 1/3", 200, run)
+        cluster.kill("node-bert-text", signal.SIGKILL)
+        assert run.wait(timeout=200) == 0, run_log.read_text()[-4000:]
+
+    results = json.loads(sorted(out.glob("run-*/results.json"))[-1].read_text())
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert set(rounds[0]["replied"]) == set(users)
+    # The killed node is named by its user once it has replied, else by its node id.
+    killed = {"bert-text", f"node-{ids['bert-text']}"}
+    missed = [r["round"] for r in rounds if "bert-text" not in r["replied"]]
+    assert missed and missed == list(range(missed[0], 4)), rounds  # gone from then on
+    assert missed[0] >= 2
+    assert killed & set(rounds[missed[0] - 1]["failed"]), rounds  # recorded where missed
+    for r in rounds:  # the others carry on, and get payloads from the partners left
+        assert {"cnn-cls", "vit-multilabel"} <= set(r["replied"])
+    assert all(rounds[-1]["downlink_bytes"][u] > 0 for u in ("cnn-cls", "vit-multilabel"))
+    if missed[0] == 2:  # round 3's payloads come from 2 users: M_eff drops from 2 to 1 partner
+        for u in ("cnn-cls", "vit-multilabel"):
+            assert rounds[2]["downlink_bytes"][u] < rounds[1]["downlink_bytes"][u]
