@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmuscle_flwr.config import ALGORITHMS
+from fedmuscle_flwr.launch import exit_on_sigterm
 from fedmuscle_flwr.results import (
     RunResults,
     delta_table,
@@ -37,10 +38,21 @@ __all__ = ["compare", "load_runs", "main", "render_table", "summarise"]
 def compare(
     overrides: dict[str, Any], seeds: list[int], *, output_dir: Path
 ) -> dict[int, dict[str, RunResults]]:
-    """Run every algorithm for every seed; ``{seed: {algorithm: results}}``."""
+    """Run every algorithm for every seed; ``{seed: {algorithm: results}}``.
+
+    Runs already finished under ``output_dir`` (an interrupted comparison) are read back,
+    not run again.
+    """
     runs: dict[int, dict[str, RunResults]] = {}
     for seed in seeds:
         for algorithm in ALGORITHMS:
+            done = sorted((output_dir / f"seed{seed}-{algorithm}").glob("run-*/results.json"))
+            if done:
+                print(f"== seed {seed}, {algorithm}: done before, read from {done[-1]}")
+                runs.setdefault(seed, {})[algorithm] = RunResults.from_dict(
+                    json.loads(done[-1].read_text())
+                )
+                continue
             start = time.perf_counter()
             print(f"== seed {seed}, {algorithm}", flush=True)
             runs.setdefault(seed, {})[algorithm] = simulate(
@@ -145,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/compare"))
     parser.add_argument("--results-md", type=Path, default=Path("docs/results.md"))
     parser.add_argument(
+        "--resume", type=Path, metavar="DIR",
+        help="continue an interrupted comparison in its output DIR (finished runs are reused)",
+    )  # fmt: skip
+    parser.add_argument(
         "--summarise", type=Path, metavar="DIR",
         help="run nothing: summarise the complete seeds of an earlier comparison's output DIR",
     )  # fmt: skip
@@ -162,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no seed with all four algorithms under {args.summarise}")
             return 1
     else:
+        exit_on_sigterm()
         label = f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        runs = compare(overrides, args.seeds, output_dir=args.output_dir / label)
+        runs = compare(overrides, args.seeds, output_dir=args.resume or args.output_dir / label)
     summary = summarise(runs)
     command = "python -m fedmuscle_flwr.compare " + " ".join(argv if argv is not None else [])
     table = render_table(

@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "LaunchError",
+    "exit_on_sigterm",
     "find_results",
     "processes_using_home",
     "run_simulation",
@@ -77,6 +78,14 @@ def stop_processes(pids: list[int], *, grace: float = 10.0) -> None:
         if _alive(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that a killed launcher still stops its SuperLink.
+
+    For command-line entry points (it must run in the main thread).
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def free_port() -> int:

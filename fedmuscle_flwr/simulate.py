@@ -20,7 +20,7 @@ from typing import Any
 
 from fedmuscle_flwr.config import ALGORITHMS, RunConfig
 from fedmuscle_flwr.federation import load_federation
-from fedmuscle_flwr.launch import LaunchError, run_simulation
+from fedmuscle_flwr.launch import LaunchError, exit_on_sigterm, run_simulation
 from fedmuscle_flwr.results import RunResults
 
 __all__ = ["main", "simulate"]
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", help="more overrides, TOML: 'tau=0.2 payload=\"dense\"'")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"))
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     overrides = parse_overrides(args)
     label = time.strftime("%Y%m%d-%H%M%S")
     try:

@@ -95,3 +95,23 @@ def test_human_bytes():
     assert human_bytes(512) == "512 B"
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(3 * 2**30) == "3.0 GiB"
+
+
+def test_compare_reuses_finished_runs_and_summarises_complete_seeds(tmp_path):
+    from fedmuscle_flwr.compare import compare, load_runs
+
+    for seed in (0, 1):
+        for algorithm, value in {
+            "local": 0.5,
+            "pairwise": 0.5,
+            "ensemble": 0.5,
+            "muscle": 0.6,
+        }.items():
+            if seed == 1 and algorithm == "muscle":
+                continue  # an interrupted comparison
+            run({"a": value}, algorithm).write(
+                tmp_path / f"seed{seed}-{algorithm}" / "run-1", plots=False
+            )
+    assert sorted(load_runs(tmp_path)) == [0]
+    runs = compare({}, [0], output_dir=tmp_path)  # everything finished: nothing is launched
+    assert runs[0]["muscle"].final["a"]["accuracy"] == 0.6
