@@ -46,12 +46,10 @@ def compare(
     runs: dict[int, dict[str, RunResults]] = {}
     for seed in seeds:
         for algorithm in ALGORITHMS:
-            done = sorted((output_dir / f"seed{seed}-{algorithm}").glob("run-*/results.json"))
-            if done:
-                print(f"== seed {seed}, {algorithm}: done before, read from {done[-1]}")
-                runs.setdefault(seed, {})[algorithm] = RunResults.from_dict(
-                    json.loads(done[-1].read_text())
-                )
+            finished = _finished_run(output_dir / f"seed{seed}-{algorithm}")
+            if finished is not None:
+                print(f"== seed {seed}, {algorithm}: finished before, reused")
+                runs.setdefault(seed, {})[algorithm] = finished
                 continue
             start = time.perf_counter()
             print(f"== seed {seed}, {algorithm}", flush=True)
@@ -64,18 +62,27 @@ def compare(
     return runs
 
 
-def load_runs(directory: Path) -> dict[int, dict[str, RunResults]]:
-    """Read back the runs a comparison wrote (``seed<S>-<algorithm>/run-*/results.json``).
+def _finished_run(directory: Path) -> RunResults | None:
+    """The newest complete run under ``directory`` (``run-*/results.json``), if any."""
+    for path in sorted(directory.glob("run-*/results.json"), key=lambda p: p.stat().st_mtime)[::-1]:
+        results = RunResults.from_dict(json.loads(path.read_text()))
+        if results.complete:
+            return results
+    return None
 
-    Seeds with a missing algorithm are left out, so an interrupted comparison can still be
+
+def load_runs(directory: Path) -> dict[int, dict[str, RunResults]]:
+    """Read back the complete runs of a comparison (``seed<S>-<algorithm>/run-*/``).
+
+    Seeds with an algorithm missing are left out, so an interrupted comparison can still be
     summarised over the seeds it completed.
     """
     runs: dict[int, dict[str, RunResults]] = {}
-    for path in sorted(directory.glob("seed*-*/run-*/results.json")):
-        seed_text, algorithm = path.parent.parent.name.removeprefix("seed").split("-", 1)
-        runs.setdefault(int(seed_text), {})[algorithm] = RunResults.from_dict(
-            json.loads(path.read_text())
-        )
+    for cell in sorted(directory.glob("seed*-*")):
+        seed_text, algorithm = cell.name.removeprefix("seed").split("-", 1)
+        finished = _finished_run(cell)
+        if finished is not None:
+            runs.setdefault(int(seed_text), {})[algorithm] = finished
     return {seed: by for seed, by in runs.items() if set(by) == set(ALGORITHMS)}
 
 

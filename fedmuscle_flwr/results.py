@@ -72,6 +72,11 @@ class RunResults:
             last.update(record.metrics)
         return last
 
+    @property
+    def complete(self) -> bool:
+        """Whether every configured round was recorded (results are also written on failure)."""
+        return len(self.rounds) == self.config.get("num-server-rounds")
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form of the schema above."""
         return {

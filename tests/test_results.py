@@ -25,7 +25,9 @@ def run(values: dict[str, float], algorithm: str = "muscle") -> RunResults:
         RoundRecord(1, metrics={u: {"accuracy": v / 2} for u, v in values.items()}),
         RoundRecord(2, metrics={u: {"accuracy": v, "train-loss": 0.1} for u, v in values.items()}),
     ]
-    return RunResults(config={"algorithm": algorithm}, users=users, rounds=rounds)
+    return RunResults(
+        config={"algorithm": algorithm, "num-server-rounds": 2}, users=users, rounds=rounds
+    )
 
 
 def test_json_round_trip_and_final(tmp_path):
@@ -108,7 +110,10 @@ def test_compare_reuses_finished_runs_and_summarises_complete_seeds(tmp_path):
             "muscle": 0.6,
         }.items():
             if seed == 1 and algorithm == "muscle":
-                continue  # an interrupted comparison
+                partial = run({"a": value}, algorithm)
+                partial.rounds.pop()  # an interrupted run writes its results too
+                partial.write(tmp_path / f"seed{seed}-{algorithm}" / "run-1", plots=False)
+                continue
             run({"a": value}, algorithm).write(
                 tmp_path / f"seed{seed}-{algorithm}" / "run-1", plots=False
             )
