@@ -17,6 +17,7 @@ import json
 import math
 import shlex
 import statistics
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         label = f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         runs = compare(overrides, args.seeds, output_dir=args.resume or args.output_dir / label)
     summary = summarise(runs)
-    command = "python -m fedmuscle_flwr.compare " + " ".join(argv if argv is not None else [])
+    command = "python -m fedmuscle_flwr.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     table = render_table(
         summary,
         f"Federation `{overrides.get('federation', 'default')}`, data `{args.dataset}`",
