@@ -38,7 +38,13 @@ def build_trainer(config: RunConfig, profile: UserProfile, federation_name: str)
     """Build the user's model, data and trainer from data alone (no state)."""
     federation = load_federation(federation_name)
     data = load_user_data(
-        profile, federation, source=config.dataset, public_size=config.public_size, seed=config.seed
+        profile,
+        federation,
+        source=config.dataset,
+        public_size=config.public_size,
+        seed=config.seed,
+        validation_fraction=config.validation_fraction,
+        label_budget=config.label_budget,
     )
     model = build_client_model(
         profile.model,
@@ -65,11 +71,15 @@ def train(msg: Message, context: Context) -> Message:
         msg.content, public_size=config.public_size, dim=config.embed_dim
     )
     metrics: dict[str, float] = {}
-    if instruction.payload is not None and instruction.contrast_indices is not None:
-        metrics["contrastive-loss"] = trainer.contrastive_update(
-            instruction.contrast_indices, instruction.payload
+    payload, contrast_indices = instruction.payload, instruction.contrast_indices
+    if config.contrastive_order == "after":
+        metrics["train-loss"] = trainer.supervised_update()
+    if payload is not None and contrast_indices is not None:
+        metrics |= trainer.contrastive_update(
+            contrast_indices, payload, weight=config.lambda_at(instruction.round_id)
         )
-    metrics["train-loss"] = trainer.supervised_update()
+    if config.contrastive_order == "before":
+        metrics["train-loss"] = trainer.supervised_update()
     metrics |= trainer.evaluate()
     representation = None
     if instruction.next_indices is not None:

@@ -9,54 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from itertools import combinations
 
 import torch
 from torch import Tensor
 
-from fedmuscle_flwr.loss import GRPC_MAX_MESSAGE_BYTES, build_dense_payload
+from fedmuscle_flwr.loss import build_dense_payload
+from fedmuscle_flwr.payload import UserPayload
 
-__all__ = ["UserPayload", "best_device", "build_payloads", "select_partners"]
-
-
-@dataclass(frozen=True)
-class UserPayload:
-    """What one user receives for its contrastive step.
-
-    Attributes
-    ----------
-    partner_ids
-        Node ids of the M_eff selected partners, in the order of ``others``.
-    others
-        The partners' representations, (M_eff, B, d).
-    log_alpha_pairs
-        Pairwise factors Z_k Z_l^T / tau_alpha for k < l, (C(M_eff, 2), B, B).
-    aggregated, log_alpha
-        The dense, paper-literal form S_n (B^M, d) and log alpha_n (B^M,), only when asked
-        for; None otherwise.
-    """
-
-    partner_ids: tuple[int, ...]
-    others: Tensor
-    log_alpha_pairs: Tensor
-    aggregated: Tensor | None = None
-    log_alpha: Tensor | None = None
-
-    @property
-    def num_partners(self) -> int:
-        """M_eff, the number of partners this user contrasts against."""
-        return len(self.partner_ids)
-
-    @property
-    def is_dense(self) -> bool:
-        """Whether the dense S_n / alpha_n form is attached."""
-        return self.aggregated is not None
-
-    def numel(self) -> int:
-        """Numbers this payload carries (factored parts, plus dense parts when present)."""
-        parts = [self.others, self.log_alpha_pairs, self.aggregated, self.log_alpha]
-        return sum(p.numel() for p in parts if p is not None)
+__all__ = [
+    "best_device",
+    "build_payloads",
+    "linear_cka",
+    "select_partners",
+    "select_relevant_partners",
+]
 
 
 def best_device() -> torch.device:
@@ -91,6 +58,67 @@ def select_partners(
     return selection
 
 
+def linear_cka(grams: Tensor) -> Tensor:
+    """Linear CKA between every pair of users from their (B, B) Gram matrices Z_n Z_n^T.
+
+    ``grams`` is (N, B, B); the result is (N, N), symmetric, 1 on the diagonal, in [0, 1],
+    invariant to rotations of each user's representation space (Kornblith et al., 2019).
+    A user whose centred Gram is zero (a constant Z) gets CKA 0 with everyone else.
+    """
+    batch = grams.shape[-1]
+    centre = torch.eye(batch, dtype=grams.dtype, device=grams.device) - 1.0 / batch
+    centred = (centre @ grams.to(centre.dtype) @ centre).flatten(1)  # (N, B*B)
+    hsic = centred @ centred.T
+    norms = hsic.diagonal().clamp_min(0).sqrt()
+    denominator = norms[:, None] * norms[None, :]
+    cka = torch.where(denominator > 0, hsic / denominator.clamp_min(1e-30), 0.0)
+    return cka.fill_diagonal_(1.0).clamp(0.0, 1.0)
+
+
+def select_relevant_partners(
+    node_ids: Sequence[int],
+    similarity: Tensor,
+    num_partners: int,
+    generator: torch.Generator,
+    *,
+    exploration: float = 0.25,
+) -> dict[int, tuple[int, ...]]:
+    """Pick M_eff partners per node, most similar first, with some exploration.
+
+    ``similarity`` is (N, N) over ``sorted(node_ids)`` (e.g. :func:`linear_cka`). For each
+    node and each of its M_eff slots, one uniform draw decides: below ``exploration`` the
+    slot takes a random remaining candidate, otherwise the most similar remaining one (ties
+    to the lower node id). Every slot consumes the same draws from ``generator``, so the
+    choice depends only on the seed, the node ids, M and the similarities.
+    """
+    if num_partners < 1:
+        raise ValueError(f"num_partners (M) must be >= 1, got {num_partners}")
+    if not 0.0 <= exploration <= 1.0:
+        raise ValueError(f"exploration must be in [0, 1], got {exploration!r}")
+    ordered = sorted(set(node_ids))
+    if len(ordered) != len(node_ids):
+        raise ValueError(f"node ids must be unique, got {list(node_ids)}")
+    if tuple(similarity.shape) != (len(ordered), len(ordered)):
+        raise ValueError(
+            f"similarity must be ({len(ordered)}, {len(ordered)}), got {tuple(similarity.shape)}"
+        )
+    scores = similarity.detach().double().cpu()
+    effective = min(num_partners, len(ordered) - 1)
+    selection: dict[int, tuple[int, ...]] = {}
+    for row, node in enumerate(ordered):
+        remaining = sorted(
+            (p for p in range(len(ordered)) if p != row),
+            key=lambda p: (-float(scores[row, p]), p),
+        )
+        picks: list[int] = []
+        for _ in range(effective):
+            explore = float(torch.rand((), generator=generator)) < exploration
+            slot = int(torch.randint(len(remaining), (), generator=generator))
+            picks.append(remaining.pop(slot if explore else 0))
+        selection[node] = tuple(ordered[p] for p in picks)
+    return selection
+
+
 def build_payloads(
     representations: Mapping[int, Tensor],
     *,
@@ -99,7 +127,9 @@ def build_payloads(
     generator: torch.Generator,
     device: torch.device | str | None = None,
     dense: bool = False,
-    max_dense_bytes: int = GRPC_MAX_MESSAGE_BYTES,
+    max_dense_bytes: int | None = None,
+    selection: str = "random",
+    exploration: float = 0.25,
 ) -> dict[int, UserPayload]:
     """Every user's payload from the representations that arrived this round.
 
@@ -122,7 +152,15 @@ def build_payloads(
     dense
         Also attach the dense S_n / alpha_n (for validation and comparison).
     max_dense_bytes
-        Per-user limit of a dense payload; exceeding it raises before allocating.
+        Per-user limit of a dense payload (the strategy passes the transport's message
+        limit, :data:`fedmuscle_flwr.wire.GRPC_MAX_MESSAGE_BYTES`); exceeding it raises
+        before allocating. None: no limit.
+    selection
+        ``"random"`` (the paper) or ``"relevance"``: partners ranked by linear CKA of their
+        representations on this batch (:func:`select_relevant_partners`), computed from the
+        diagonal blocks of the same Gram matrix.
+    exploration
+        With ``"relevance"``: the chance that a partner slot is filled at random.
     """
     if not representations:
         return {}
@@ -132,15 +170,24 @@ def build_payloads(
         raise ValueError(f"all representations must share one (B, d) shape, got {sorted(shapes)}")
     if math.isnan(tau_alpha) or tau_alpha <= 0:
         raise ValueError(f"tau_alpha must be positive (math.inf for alpha == 1), got {tau_alpha!r}")
-    selection = select_partners(node_ids, num_partners, generator)
+    if selection not in ("random", "relevance"):
+        raise ValueError(f"selection must be 'random' or 'relevance', got {selection!r}")
     target = torch.device(device) if device is not None else best_device()
     stacked = torch.stack([representations[n] for n in node_ids]).to(target)  # (N, B, d)
     num_nodes, batch, _ = stacked.shape
     flat = stacked.reshape(num_nodes * batch, -1)
     blocks = (flat @ flat.T).view(num_nodes, batch, num_nodes, batch).transpose(1, 2)
+    if selection == "relevance":
+        own = torch.arange(num_nodes, device=target)
+        similarity = linear_cka(blocks[own, own].double())
+        chosen = select_relevant_partners(
+            node_ids, similarity, num_partners, generator, exploration=exploration
+        )
+    else:
+        chosen = select_partners(node_ids, num_partners, generator)
     position = {node: p for p, node in enumerate(node_ids)}
     payloads: dict[int, UserPayload] = {}
-    for node, partners in selection.items():
+    for node, partners in chosen.items():
         if not partners:
             continue
         index = torch.tensor([position[p] for p in partners], device=target)

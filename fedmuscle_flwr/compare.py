@@ -2,12 +2,16 @@
 
     python -m fedmuscle_flwr.compare --dataset world --seeds 0 1 2
     python -m fedmuscle_flwr.compare --dataset real --seeds 0 1 2 --rounds 10
+    python -m fedmuscle_flwr.compare --variant 'muscle+relevance:partner-selection="relevance"'
 
-Each (algorithm, seed) is a real ``flwr run`` simulation. The table gives every user's
-primary metric (mean +- std over seeds), and per algorithm: Delta against local (the mean
-relative change over users, ALGORITHM.md), the worst user's relative change and the share
-of users that improved, each as mean +- std over seeds. It is written into a section of
-``docs/results.md`` (other sections are kept) and the raw numbers beside it as JSON.
+Each (column, seed) is a real ``flwr run`` simulation. Columns are the four built-in
+algorithms under the run config's defaults, plus any ``--variant NAME:OVERRIDES`` (e.g. an
+option, or a plug-in algorithm). The table gives every user's primary metric (mean +- std
+over seeds), and per column: Delta against local (the mean relative change over users,
+ALGORITHM.md), the worst user's relative change and the share of users that improved,
+each as mean +- std over seeds. It is written into a section of ``docs/results.md``
+(other sections are kept), the raw numbers beside it as JSON, and a learning-curve figure
+(mean primary metric per round, one line per column, a band over seeds) as PNG.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import statistics
 import sys
@@ -23,8 +28,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from fedmuscle_flwr.config import ALGORITHMS
 from fedmuscle_flwr.launch import exit_on_sigterm
+from fedmuscle_flwr.plots import plot_learning_curves
 from fedmuscle_flwr.results import (
     RunResults,
     delta_table,
@@ -33,30 +38,51 @@ from fedmuscle_flwr.results import (
 )
 from fedmuscle_flwr.simulate import simulate
 
-__all__ = ["compare", "load_runs", "main", "render_table", "summarise"]
+__all__ = [
+    "BUILTIN_COLUMNS",
+    "compare",
+    "load_runs",
+    "main",
+    "render_delta_table",
+    "render_table",
+    "summarise",
+]
+
+#: The paper's four algorithms, each under the run config's defaults.
+BUILTIN_COLUMNS: dict[str, dict[str, Any]] = {
+    name: {"algorithm": name} for name in ("local", "pairwise", "ensemble", "muscle")
+}
 
 
 def compare(
-    overrides: dict[str, Any], seeds: list[int], *, output_dir: Path
+    overrides: dict[str, Any],
+    seeds: list[int],
+    *,
+    output_dir: Path,
+    columns: dict[str, dict[str, Any]] | None = None,
 ) -> dict[int, dict[str, RunResults]]:
-    """Run every algorithm for every seed; ``{seed: {algorithm: results}}``.
+    """Run every column for every seed; ``{seed: {column: results}}``.
 
-    Runs already finished under ``output_dir`` (an interrupted comparison) are read back,
-    not run again.
+    ``columns`` maps a name to its run-config overrides (default: :data:`BUILTIN_COLUMNS`;
+    one must be ``local``). Runs already finished under ``output_dir`` (an interrupted
+    comparison) are read back, not run again.
     """
+    columns = columns or BUILTIN_COLUMNS
+    if "local" not in columns:
+        raise ValueError("a comparison needs a 'local' column, the reference of Delta")
     runs: dict[int, dict[str, RunResults]] = {}
     for seed in seeds:
-        for algorithm in ALGORITHMS:
-            finished = _finished_run(output_dir / f"seed{seed}-{algorithm}")
+        for name, column in columns.items():
+            finished = _finished_run(output_dir / f"seed{seed}-{name}")
             if finished is not None:
-                print(f"== seed {seed}, {algorithm}: finished before, reused")
-                runs.setdefault(seed, {})[algorithm] = finished
+                print(f"== seed {seed}, {name}: finished before, reused")
+                runs.setdefault(seed, {})[name] = finished
                 continue
             start = time.perf_counter()
-            print(f"== seed {seed}, {algorithm}", flush=True)
-            runs.setdefault(seed, {})[algorithm] = simulate(
-                overrides | {"algorithm": algorithm, "seed": seed},
-                output_dir=output_dir / f"seed{seed}-{algorithm}",
+            print(f"== seed {seed}, {name}", flush=True)
+            runs.setdefault(seed, {})[name] = simulate(
+                overrides | column | {"seed": seed},
+                output_dir=output_dir / f"seed{seed}-{name}",
                 quiet=True,
             )
             print(f"   done in {time.perf_counter() - start:.0f} s", flush=True)
@@ -73,18 +99,19 @@ def _finished_run(directory: Path) -> RunResults | None:
 
 
 def load_runs(directory: Path) -> dict[int, dict[str, RunResults]]:
-    """Read back the complete runs of a comparison (``seed<S>-<algorithm>/run-*/``).
+    """Read back the complete runs of a comparison (``seed<S>-<column>/run-*/``).
 
-    Seeds with an algorithm missing are left out, so an interrupted comparison can still be
-    summarised over the seeds it completed.
+    Seeds with a column missing (one the other seeds have) are left out, so an interrupted
+    comparison can still be summarised over the seeds it completed.
     """
     runs: dict[int, dict[str, RunResults]] = {}
     for cell in sorted(directory.glob("seed*-*")):
-        seed_text, algorithm = cell.name.removeprefix("seed").split("-", 1)
+        seed_text, name = cell.name.removeprefix("seed").split("-", 1)
         finished = _finished_run(cell)
         if finished is not None:
-            runs.setdefault(int(seed_text), {})[algorithm] = finished
-    return {seed: by for seed, by in runs.items() if set(by) == set(ALGORITHMS)}
+            runs.setdefault(int(seed_text), {})[name] = finished
+    names = set().union(*(set(by) for by in runs.values())) if runs else set()
+    return {seed: by for seed, by in runs.items() if set(by) == names and "local" in by}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -112,7 +139,9 @@ def summarise(runs: dict[int, dict[str, RunResults]]) -> dict[str, Any]:
         for algorithm, row in delta_table(local, others).items():
             for key, value in row.items():
                 deltas.setdefault(algorithm, {}).setdefault(key, []).append(value)
+    first = next(iter(runs.values()), {})
     return {
+        "columns": ["local", *(name for name in first if name != "local")],
         "users": users,
         "deltas": deltas,
         "info": {u: vars(i) for u, i in info.items()},
@@ -122,7 +151,7 @@ def summarise(runs: dict[int, dict[str, RunResults]]) -> dict[str, Any]:
 
 def render_table(summary: dict[str, Any], title: str, command: str) -> str:
     """The markdown section for one federation."""
-    algorithms = list(ALGORITHMS)
+    algorithms = summary["columns"]
     lines = [
         f"### {title}",
         "",
@@ -139,15 +168,19 @@ def render_table(summary: dict[str, Any], title: str, command: str) -> str:
             + " | ".join(cells)
             + " |"
         )
-    lines += [
-        "",
+    return "\n".join([*lines, "", render_delta_table(summary)])
+
+
+def render_delta_table(summary: dict[str, Any]) -> str:
+    """Delta vs local, worst user and share improved per column (mean +- std over seeds)."""
+    lines = [
         "| algorithm | Delta vs local (%) | worst user (%) | users improved |",
         "|---|---|---|---|",
     ]
-    for algorithm in algorithms[1:]:
-        row = summary["deltas"].get(algorithm, {})
+    for name in summary["columns"][1:]:
+        row = summary["deltas"].get(name, {})
         cells = [_mean_std(row.get(key, [])) for key in ("delta", "worst", "improved")]
-        lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -162,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--federation")
     parser.add_argument("--run-config", help="more overrides, TOML: 'tau=0.2 local-steps=5'")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME:OVERRIDES",
+        help="an extra column: a name ([A-Za-z0-9+._-]) and run-config overrides",
+    )  # fmt: skip
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/compare"))
     parser.add_argument("--results-md", type=Path, default=Path("docs/results.md"))
     parser.add_argument(
@@ -180,23 +217,42 @@ def main(argv: list[str] | None = None) -> int:
         overrides["federation"] = args.federation
     for token in shlex.split(args.run_config or "", posix=False):
         overrides |= tomllib.loads(token)
+    columns = dict(BUILTIN_COLUMNS)
+    for text in args.variant:
+        name, sep, values = text.partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9+._-]+", name) or name in columns:
+            parser.error(f"--variant needs a new NAME of [A-Za-z0-9+._-] then ':', got {text!r}")
+        columns[name] = {}
+        for token in shlex.split(values, posix=False):
+            columns[name] |= tomllib.loads(token)
     if args.summarise is not None:
         runs = load_runs(args.summarise)
         if not runs:
-            print(f"error: no seed with all four algorithms under {args.summarise}")
+            print(f"error: no seed with every column under {args.summarise}")
             return 1
     else:
         exit_on_sigterm()
         label = f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        runs = compare(overrides, args.seeds, output_dir=args.resume or args.output_dir / label)
+        runs = compare(
+            overrides, args.seeds, output_dir=args.resume or args.output_dir / label,
+            columns=columns,
+        )  # fmt: skip
     summary = summarise(runs)
+    figure = args.results_md.parent / "figures" / f"curves-{args.dataset}.png"
+    plot_learning_curves(runs, figure)
     command = "python -m fedmuscle_flwr.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     table = render_table(
         summary,
         f"Federation `{overrides.get('federation', 'default')}`, data `{args.dataset}`",
         command,
     )
+    table += (
+        f"\n\n![mean primary metric per round]({figure.relative_to(args.results_md.parent)})"
+        "\n\n*Mean primary metric over users per round; line: mean over seeds, band: min to"
+        " max over seeds.*"
+    )
     print(table)
+    print(render_delta_table(summary))
     args.results_md.parent.mkdir(parents=True, exist_ok=True)
     write_markdown_section(args.results_md, f"compare:{args.dataset}", table)
     write_json_atomic(args.results_md.with_name(f"results-{args.dataset}.json"), summary)

@@ -12,10 +12,47 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["ALGORITHMS", "PAYLOAD_FORMS", "ConfigError", "RunConfig"]
+from fedmuscle_flwr.algorithms import get_algorithm, list_algorithms
 
-ALGORITHMS = ("local", "pairwise", "ensemble", "muscle")
+__all__ = [
+    "COLLABORATION_KEYS",
+    "CONTRASTIVE_ORDERS",
+    "GATES",
+    "PARTNER_SELECTIONS",
+    "PAYLOAD_FORMS",
+    "PUBLIC_NORMS",
+    "ConfigError",
+    "RunConfig",
+]
+
 PAYLOAD_FORMS = ("factored", "dense")
+CONTRASTIVE_ORDERS = ("before", "after")  # contrastive steps before or after supervised ones
+PUBLIC_NORMS = ("train", "frozen")  # norm layers on the public batch: batch stats, or frozen
+GATES = ("off", "validation")
+PARTNER_SELECTIONS = ("random", "relevance")
+OPTIMIZER_STATES = ("shared", "separate")
+#: Keys that change nothing when ``algorithm = "local"`` (a local baseline ignores them).
+COLLABORATION_KEYS = frozenset(
+    {
+        "num-partners",
+        "public-batch-size",
+        "tau",
+        "tau-alpha",
+        "contrastive-weight",
+        "contrastive-steps",
+        "payload",
+        "warmup-rounds",
+        "lambda-ramp-rounds",
+        "contrastive-order",
+        "public-norm",
+        "gate",
+        "gate-tolerance",
+        "partner-selection",
+        "partner-exploration",
+        "optimizer-state",
+        "quorum",
+    }
+)
 
 
 class ConfigError(ValueError):
@@ -53,11 +90,45 @@ class RunConfig:
     round_timeout: float = 600.0
     grid_poll_interval: float = 0.2  # s between the ServerApp's pulls for replies
     state_dir: str = ""  # client state; "" = $FEDMUSCLE_STATE_DIR or ~/.cache/fedmuscle/state
+    # ---- making collaboration pay (docs/results.md, ablation)
+    warmup_rounds: int = 0  # rounds of local-only training before the contrastive term
+    lambda_ramp_rounds: int = 0  # after warm-up, lambda grows linearly over this many rounds
+    contrastive_order: str = "before"  # before | after the supervised steps of a round
+    public_norm: str = "train"  # train | frozen: norm statistics while encoding public data
+    optimizer_state: str = "shared"  # shared | separate AdamW state for the two objectives
+    validation_fraction: float = 0.0  # share of each user's train split held out (all algs)
+    label_budget: int = 0  # labelled training examples per user; 0 = all of its share
+    gate: str = "off"  # off | validation: roll back contrastive steps that hurt validation
+    gate_tolerance: float = 0.0  # relative rise of validation loss the gate accepts
+    partner_selection: str = "random"  # random | relevance (linear CKA on the public batch)
+    partner_exploration: float = 0.25  # relevance: chance that a partner slot is random
 
     def __post_init__(self) -> None:
-        _choice("algorithm", self.algorithm, ALGORITHMS)
+        _choice("algorithm", self.algorithm, tuple(list_algorithms()))
         _choice("payload", self.payload, PAYLOAD_FORMS)
         _choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+        _choice("contrastive_order", self.contrastive_order, CONTRASTIVE_ORDERS)
+        _choice("public_norm", self.public_norm, PUBLIC_NORMS)
+        _choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATES)
+        _choice("gate", self.gate, GATES)
+        _choice("partner_selection", self.partner_selection, PARTNER_SELECTIONS)
+        for name in ("warmup_rounds", "lambda_ramp_rounds", "label_budget"):
+            _at_least(name, getattr(self, name), 0)
+        if not 0 <= self.validation_fraction < 1:
+            raise ConfigError(
+                f"validation-fraction must be in [0, 1), got {self.validation_fraction!r}"
+            )
+        if not 0 <= self.partner_exploration <= 1:
+            raise ConfigError(
+                f"partner-exploration must be in [0, 1], got {self.partner_exploration!r}"
+            )
+        if not (math.isfinite(self.gate_tolerance) and self.gate_tolerance >= 0):
+            raise ConfigError(f"gate-tolerance must be >= 0, got {self.gate_tolerance!r}")
+        if self.gate != "off" and self.validation_fraction == 0:
+            raise ConfigError(
+                f"gate={self.gate!r} needs a validation split: set validation-fraction > 0 "
+                "(e.g. 0.15)"
+            )
         for name in (
             "num_server_rounds",
             "num_partners",
@@ -92,7 +163,16 @@ class RunConfig:
     @property
     def collaborative(self) -> bool:
         """Whether users exchange representations (every algorithm but ``local``)."""
-        return self.algorithm != "local"
+        return get_algorithm(self.algorithm).collaborative
+
+    def lambda_at(self, round_id: int) -> float:
+        """Lambda of round ``round_id`` (1-based) under warm-up and ramp; 0 during warm-up."""
+        active = round_id - self.warmup_rounds
+        if active <= 0:
+            return 0.0
+        if self.lambda_ramp_rounds == 0:
+            return self.contrastive_weight
+        return self.contrastive_weight * min(1.0, active / self.lambda_ramp_rounds)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:

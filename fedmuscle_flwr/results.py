@@ -54,6 +54,7 @@ class RoundRecord:
     seconds: float = 0.0
     replied: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    partners: dict[str, list[str]] = field(default_factory=dict)  # the payloads sent this round
 
 
 @dataclass

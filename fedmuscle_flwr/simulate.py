@@ -18,7 +18,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from fedmuscle_flwr.config import ALGORITHMS, RunConfig
+from fedmuscle_flwr.algorithms import list_algorithms
+from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.federation import load_federation
 from fedmuscle_flwr.launch import LaunchError, exit_on_sigterm, run_simulation
 from fedmuscle_flwr.results import RunResults
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--algorithm", choices=ALGORITHMS)
+    parser.add_argument("--algorithm", choices=list_algorithms())
     parser.add_argument("--dataset", choices=("world", "real"))
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--seed", type=int)

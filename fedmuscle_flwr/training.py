@@ -7,6 +7,7 @@ per round and saves its :meth:`Trainer.state_dict` between messages.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,13 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedmuscle_flwr.aggregation import UserPayload
-from fedmuscle_flwr.config import ALGORITHMS, RunConfig
+from fedmuscle_flwr.algorithms import get_algorithm, list_algorithms
+from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.data.batches import to_batch
 from fedmuscle_flwr.data.users import UserData
 from fedmuscle_flwr.federation import UserProfile
-from fedmuscle_flwr.loss import MuscleObjective, dense_muscle_loss, ensemble_loss, pairwise_loss
 from fedmuscle_flwr.models import ClientModel
+from fedmuscle_flwr.payload import UserPayload
 
 __all__ = ["TrainSettings", "Trainer", "contrastive_objective", "resolve_device"]
 
@@ -40,10 +41,17 @@ class TrainSettings:
     batch_size: int = 32
     learning_rate: float = 1e-3
     amp: bool = False
+    contrastive_order: str = "before"
+    public_norm: str = "train"
+    optimizer_state: str = "shared"
+    gate: str = "off"
+    gate_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}, got {self.algorithm!r}")
+        if self.algorithm not in list_algorithms():
+            raise ValueError(
+                f"algorithm must be one of {list_algorithms()}, got {self.algorithm!r}"
+            )
 
     @classmethod
     def for_user(cls, config: RunConfig, profile: UserProfile) -> TrainSettings:
@@ -58,6 +66,11 @@ class TrainSettings:
             batch_size=config.batch_size,
             learning_rate=profile.learning_rate or config.learning_rate,
             amp=config.amp,
+            contrastive_order=config.contrastive_order,
+            public_norm=config.public_norm,
+            optimizer_state=config.optimizer_state,
+            gate=config.gate,
+            gate_tolerance=config.gate_tolerance,
         )
 
 
@@ -80,21 +93,8 @@ def resolve_device(name: str) -> torch.device:
 def contrastive_objective(
     algorithm: str, payload: UserPayload, *, tau: float, tau_alpha: float
 ) -> Callable[[Tensor], Tensor]:
-    """The contrastive loss of ``algorithm`` against this round's payload, as z -> loss."""
-    others = payload.others
-    if algorithm == "muscle":
-        if payload.aggregated is not None and payload.log_alpha is not None:
-            aggregated, log_alpha = payload.aggregated, payload.log_alpha
-            return lambda z: dense_muscle_loss(
-                z, aggregated.to(z.device), log_alpha.to(z.device), tau=tau
-            )
-        objective = MuscleObjective(others, payload.log_alpha_pairs, tau=tau, tau_alpha=tau_alpha)
-        return lambda z: objective(z)
-    if algorithm == "pairwise":
-        return lambda z: pairwise_loss(z, others.to(z.device), tau=tau)
-    if algorithm == "ensemble":
-        return lambda z: ensemble_loss(z, others.to(z.device), tau=tau)
-    raise ValueError(f"algorithm {algorithm!r} has no contrastive loss")
+    """The contrastive loss of the registered ``algorithm`` against this round's payload."""
+    return get_algorithm(algorithm).objective(payload, tau=tau, tau_alpha=tau_alpha)
 
 
 class Trainer:
@@ -128,8 +128,18 @@ class Trainer:
         self.settings = settings
         self.device = device
         self.optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=settings.learning_rate)
+        # A second AdamW for the contrastive objective (optimizer-state = "separate"): its
+        # moments never mix with the task's; lambda then scales its learning rate, since
+        # Adam's step is invariant to the scale of the loss.
+        self.contrastive_optimizer: torch.optim.Optimizer | None = None
+        if settings.optimizer_state == "separate":
+            self.contrastive_optimizer = torch.optim.AdamW(
+                [p for p in model.trainable_parameters() if not _is_head(model, p)],
+                lr=settings.learning_rate,
+            )
         self.generator = torch.Generator().manual_seed(seed)
         self.rounds_done = 0
+        self.gate_scale = 1.0  # the validation gate's multiplier of lambda
 
     # ------------------------------------------------------------------ round steps
 
@@ -145,10 +155,23 @@ class Trainer:
             losses.append(float(loss.detach()))
         return sum(losses) / len(losses)
 
-    def contrastive_update(self, indices: Sequence[int], payload: UserPayload) -> float:
-        """``contrastive_steps`` steps on lambda * L(z) on the round's public batch."""
-        if self.settings.contrastive_weight == 0:
-            return 0.0
+    def contrastive_update(
+        self, indices: Sequence[int], payload: UserPayload, *, weight: float | None = None
+    ) -> dict[str, float]:
+        """``contrastive_steps`` steps on lambda * L(z) on the round's public batch.
+
+        ``weight`` is this round's lambda (warm-up and ramp applied; default: the settings'
+        ``contrastive_weight``). With ``gate = "validation"`` the steps are kept only if the
+        validation loss did not rise by more than ``gate_tolerance`` (relative); otherwise
+        model and optimiser are rolled back and the gate halves this user's lambda, which
+        doubles back (up to 1x) after each kept update. Returns ``contrastive-loss``,
+        ``lambda`` (the effective weight used) and, when gated, ``gate-kept`` (1 or 0) and
+        the validation losses before and after.
+        """
+        base = self.settings.contrastive_weight if weight is None else weight
+        effective = base * self.gate_scale
+        if effective == 0:
+            return {"lambda": 0.0}
         objective = contrastive_objective(
             self.settings.algorithm,
             payload,
@@ -156,15 +179,62 @@ class Trainer:
             tau_alpha=self.settings.tau_alpha,
         )
         batch = self._batch(self.data.public, indices)
+        gated = self.settings.gate == "validation" and self.data.validation is not None
+        if gated:
+            before = self.validation_loss()
+            snapshot = self._snapshot()
+        loss = self._contrastive_steps(objective, batch, effective)
+        result = {"contrastive-loss": loss, "lambda": effective}
+        if gated:
+            after = self.validation_loss()
+            kept = after <= before * (1 + self.settings.gate_tolerance)
+            if kept:
+                self.gate_scale = min(1.0, self.gate_scale * 2)
+            else:
+                self._restore(snapshot)
+                self.gate_scale /= 2
+            result |= {
+                "gate-kept": float(kept),
+                "validation-loss-before": before,
+                "validation-loss-after": after,
+            }
+        return result
+
+    def _contrastive_steps(
+        self, objective: Callable[[Tensor], Tensor], batch: dict[str, Any], weight: float
+    ) -> float:
+        optimizer: torch.optim.Optimizer = self.optimizer
+        if self.contrastive_optimizer is not None:
+            optimizer = self.contrastive_optimizer
+            for group in optimizer.param_groups:
+                group["lr"] = self.settings.learning_rate * weight
+            weight = 1.0
         self.model.train()
         losses = []
-        for _ in range(self.settings.contrastive_steps):
-            with self._autocast():
-                z = self.model.encode_public(batch)
-            loss = self.settings.contrastive_weight * objective(z.float())
-            self._step(loss)
-            losses.append(float(loss.detach()))
+        with self._public_norm():
+            for _ in range(self.settings.contrastive_steps):
+                with self._autocast():
+                    z = self.model.encode_public(batch)
+                loss = weight * objective(z.float())
+                self._step(loss, optimizer)
+                losses.append(float(loss.detach()))
         return sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean task loss on the validation split (eval mode)."""
+        if self.data.validation is None:
+            raise ValueError("no validation split: set validation-fraction > 0")
+        self.model.eval()
+        total, count = 0.0, 0
+        split = self.data.validation
+        for start in range(0, len(split), EVAL_BATCH):
+            rows = range(start, min(start + EVAL_BATCH, len(split)))
+            batch = self._batch(split, rows)
+            with self._autocast():
+                total += float(self.model.task_loss(batch).float()) * len(rows)
+            count += len(rows)
+        return total / count
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -195,16 +265,25 @@ class Trainer:
         return {
             "model": self.model.state_for_checkpoint(),
             "optimizer": self.optimizer.state_dict(),
+            "contrastive_optimizer": (
+                None
+                if self.contrastive_optimizer is None
+                else self.contrastive_optimizer.state_dict()
+            ),
             "generator": self.generator.get_state(),
             "rounds_done": self.rounds_done,
+            "gate_scale": self.gate_scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`."""
         self.model.load_checkpoint_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.contrastive_optimizer is not None and state.get("contrastive_optimizer"):
+            self.contrastive_optimizer.load_state_dict(state["contrastive_optimizer"])
         self.generator.set_state(state["generator"])
         self.rounds_done = int(state["rounds_done"])
+        self.gate_scale = float(state.get("gate_scale", 1.0))
 
     # ------------------------------------------------------------------ helpers
 
@@ -217,16 +296,65 @@ class Trainer:
         batch = to_batch(dataset[list(indices)], image_size=self.data.image_size)
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
-    def _step(self, loss: Tensor) -> None:
+    def _step(self, loss: Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss {float(loss)}: lower the learning rate or tau"
             )
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer = optimizer or self.optimizer
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        optimizer.step()
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Model and optimiser state to roll a contrastive update back to."""
+        return copy.deepcopy(
+            {
+                "model": self.model.state_for_checkpoint(),
+                "optimizer": self.optimizer.state_dict(),
+                "contrastive_optimizer": (
+                    None
+                    if self.contrastive_optimizer is None
+                    else self.contrastive_optimizer.state_dict()
+                ),
+            }
+        )
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        self.model.load_checkpoint_state(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        if self.contrastive_optimizer is not None:
+            self.contrastive_optimizer.load_state_dict(snapshot["contrastive_optimizer"])
+
+    def _public_norm(self) -> contextlib.AbstractContextManager[Any]:
+        """``public-norm = "frozen"``: norm layers use (and keep) their running statistics."""
+        if self.settings.public_norm == "train":
+            return contextlib.nullcontext()
+        return _frozen_norm_statistics(self.model)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self.settings.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+def _is_head(model: ClientModel, param: torch.nn.Parameter) -> bool:
+    """Whether ``param`` belongs to the task head (which the contrastive loss never reaches)."""
+    return any(param is p for p in model.head.parameters())
+
+
+@contextlib.contextmanager
+def _frozen_norm_statistics(model: torch.nn.Module) -> Iterator[None]:
+    """Put batch-statistics norm layers in eval mode for the duration, then restore."""
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+    ]
+    for module in norms:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in norms:
+            module.train()

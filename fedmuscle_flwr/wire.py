@@ -34,12 +34,12 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
-from fedmuscle_flwr.aggregation import UserPayload
-from fedmuscle_flwr.loss import GRPC_MAX_MESSAGE_BYTES
+from fedmuscle_flwr.payload import UserPayload
 
 __all__ = [
     "ALLOWED_DTYPES",
     "DEFAULT_MAX_REPRESENTATION_BYTES",
+    "GRPC_MAX_MESSAGE_BYTES",
     "NORM_ATOL",
     "PAYLOAD_KEY",
     "REPRESENTATION_KEY",
@@ -59,6 +59,10 @@ __all__ = [
     "representation_from_records",
     "representation_to_records",
 ]
+
+#: Largest gRPC message Flower accepts (``flwr.supercore.grpc.GRPC_MAX_MESSAGE_LENGTH`` in
+#: 1.39); no payload is built bigger than this.
+GRPC_MAX_MESSAGE_BYTES = 2_147_483_647
 
 REPRESENTATION_KEY = "representation"
 PAYLOAD_KEY = "muscle"

@@ -24,13 +24,29 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmuscle_flwr import wire
-from fedmuscle_flwr.aggregation import UserPayload, best_device, build_payloads
+from fedmuscle_flwr.aggregation import best_device, build_payloads
+from fedmuscle_flwr.algorithms import get_algorithm
 from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
 
 __all__ = ["FedMuscleStrategy"]
 
 logger = logging.getLogger("fedmuscle.server")
+
+
+@dataclass
+class NextRound:
+    """The one-round shift: what round t prepares for round t + 1.
+
+    Round t asks every user for Z on ``indices`` (the public batch of ``round_id`` = t + 1);
+    its replies fill ``payloads``, which round t + 1 sends out with the same ``indices``
+    as the batch to contrast on.
+    """
+
+    round_id: int
+    indices: tuple[int, ...]
+    payloads: dict[int, UserPayload] = field(default_factory=dict)  # node id -> payload
 
 
 @dataclass
@@ -40,7 +56,8 @@ class _Round:
     started: float
     messages: dict[int, Message] = field(default_factory=dict)  # node id -> instruction
     downlink: dict[int, int] = field(default_factory=dict)  # node id -> bytes
-    next_indices: tuple[int, ...] | None = None
+    partners: dict[int, tuple[int, ...]] = field(default_factory=dict)  # node -> partner nodes
+    next: NextRound | None = None  # what this round prepares (None: no Z asked for)
 
 
 class FedMuscleStrategy(Strategy):
@@ -56,12 +73,12 @@ class FedMuscleStrategy(Strategy):
 
     def __init__(self, config: RunConfig, *, device: torch.device | str | None = None) -> None:
         self.config = config
+        self.algorithm = get_algorithm(config.algorithm)
         self.device = torch.device(device) if device is not None else best_device()
         self._batch_rng = torch.Generator().manual_seed(config.seed)
         self._partner_rng = torch.Generator().manual_seed(config.seed + 1)
         self._sample_rng = torch.Generator().manual_seed(config.seed + 2)
-        self._batches: dict[int, tuple[int, ...]] = {}
-        self._payloads: dict[int, UserPayload] = {}
+        self._next: NextRound | None = None  # prepared by the previous round
         self._node_user: dict[int, str] = {}
         self._round: _Round | None = None
         self.results = RunResults(config=config.to_dict())
@@ -84,21 +101,24 @@ class FedMuscleStrategy(Strategy):
         """Build every selected user's instruction for this round."""
         state = _Round(started=time.perf_counter())
         last = server_round >= self.config.num_server_rounds
-        if self.config.collaborative and not last:
-            state.next_indices = self._public_batch(server_round + 1)
+        current = self._next if self._next and self._next.round_id == server_round else None
+        # Z is asked for only where the next round contrasts (none during warm-up).
+        if self.config.collaborative and not last and self.config.lambda_at(server_round + 1) > 0:
+            state.next = NextRound(server_round + 1, self._draw_public_batch())
         for node in self._select_nodes(grid):
-            payload = self._payloads.get(node)
+            payload = current.payloads.get(node) if current is not None else None
             records = None
             if payload is not None:
+                state.partners[node] = payload.partner_ids
                 records = wire.payload_to_records(
                     payload,
                     round_id=server_round,
-                    with_log_alpha=self.config.algorithm == "muscle",
+                    with_log_alpha=self.algorithm.needs_log_alpha,
                 )
             content = wire.instruction_to_records(
                 round_id=server_round,
-                contrast_indices=self._batches[server_round] if payload is not None else None,
-                next_indices=state.next_indices,
+                contrast_indices=current.indices if current and payload is not None else None,
+                next_indices=state.next.indices if state.next is not None else None,
                 payload=records,
             )
             state.downlink[node] = wire.record_nbytes(content)
@@ -108,7 +128,7 @@ class FedMuscleStrategy(Strategy):
                 message_type=MessageType.TRAIN,
                 group_id=str(server_round),
             )
-        self._payloads = {}
+        self._next = None
         self._round = state
         return list(state.messages.values())
 
@@ -121,9 +141,12 @@ class FedMuscleStrategy(Strategy):
             raise RuntimeError("aggregate_train called before configure_train")
         record = RoundRecord(round=server_round)
         representations = self._collect(server_round, replies, state, record)
+        for node, partners in state.partners.items():
+            record.partners[self._user_name(node)] = [self._user_name(p) for p in partners]
         start = time.perf_counter()
-        if state.next_indices is not None:
-            self._payloads = self._compute_payloads(representations, server_round)
+        if state.next is not None:
+            state.next.payloads = self._compute_payloads(representations, server_round)
+            self._next = state.next
         record.server_ms = (time.perf_counter() - start) * 1000
         record.seconds = time.perf_counter() - state.started
         self.results.rounds.append(record)
@@ -149,12 +172,10 @@ class FedMuscleStrategy(Strategy):
 
     # ------------------------------------------------------------------ steps
 
-    def _public_batch(self, round_id: int) -> tuple[int, ...]:
-        """The public batch of a round: B distinct indices from the seeded generator."""
-        if round_id not in self._batches:
-            perm = torch.randperm(self.config.public_size, generator=self._batch_rng)
-            self._batches[round_id] = tuple(perm[: self.config.public_batch_size].tolist())
-        return self._batches[round_id]
+    def _draw_public_batch(self) -> tuple[int, ...]:
+        """The next public batch: B distinct indices from the seeded generator."""
+        perm = torch.randperm(self.config.public_size, generator=self._batch_rng)
+        return tuple(perm[: self.config.public_batch_size].tolist())
 
     def _select_nodes(self, grid: Grid) -> list[int]:
         """Wait (bounded) for ``min-nodes`` nodes, then sample ``fraction-train`` of them."""
@@ -200,13 +221,13 @@ class FedMuscleStrategy(Strategy):
             try:
                 name = self._register(node, wire.reply_user(reply.content, node))
                 metrics = wire.reply_metrics(reply.content, node)
-                if state.next_indices is not None:
+                if state.next is not None:
                     representations[node] = wire.representation_from_records(
                         reply.content,
-                        round_id=server_round + 1,
-                        rows=len(state.next_indices),
+                        round_id=state.next.round_id,
+                        rows=len(state.next.indices),
                         dim=self.config.embed_dim,
-                        digest=wire.batch_digest(state.next_indices),
+                        digest=wire.batch_digest(state.next.indices),
                         sender=node,
                     )
             except wire.WireError as err:
@@ -235,6 +256,9 @@ class FedMuscleStrategy(Strategy):
             )
         return user_id
 
+    def _user_name(self, node: int) -> str:
+        return self._node_user.get(node, f"node-{node}")
+
     def _fail(self, record: RoundRecord, name: str, reason: str) -> None:
         record.failed[name] = reason
         logger.warning("round %d: %s left out: %s", record.round, name, reason)
@@ -254,7 +278,10 @@ class FedMuscleStrategy(Strategy):
             tau_alpha=self.config.tau_alpha,
             generator=self._partner_rng,
             device=self.device,
-            dense=self.config.payload == "dense" and self.config.algorithm == "muscle",
+            dense=self.config.payload == "dense" and self.algorithm.supports_dense,
+            max_dense_bytes=wire.GRPC_MAX_MESSAGE_BYTES,
+            selection=self.config.partner_selection,
+            exploration=self.config.partner_exploration,
         )
 
     def _aggregate_metrics(self, record: RoundRecord) -> MetricRecord:

@@ -12,7 +12,7 @@ from client_app.app import app as client_app
 from fedmuscle_flwr.federation import load_federation
 from fedmuscle_flwr.results import RunResults
 from server_app.app import main as server_main
-from tests.inprocess import InProcessGrid
+from server_app.inprocess import InProcessGrid
 from tests.tiny import TINY_FEDERATION, tiny_run_config
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")

@@ -203,8 +203,10 @@ def test_public_batches_are_seeded_and_node_wait_is_bounded():
     a = FedMuscleStrategy(config(seed=7), device="cpu")
     b = FedMuscleStrategy(config(seed=7), device="cpu")
     c = FedMuscleStrategy(config(seed=8), device="cpu")
-    assert [a._public_batch(r) for r in (2, 3)] == [b._public_batch(r) for r in (2, 3)]
-    assert a._public_batch(2) != c._public_batch(2)
+    draws = [a._draw_public_batch() for _ in range(2)]
+    assert draws == [b._draw_public_batch() for _ in range(2)]
+    assert draws[0] != draws[1]
+    assert draws[0] != c._draw_public_batch()
     lonely = send(FedMuscleStrategy(config(min_nodes=2), device="cpu"), 1, FakeGrid([9]))
     assert list(lonely) == [9]
 

@@ -64,5 +64,5 @@ def test_amp_and_zero_contrastive_weight():
     assert math.isfinite(trainer.supervised_update())
     assert 0.0 <= trainer.evaluate()["miou"] <= 1.0
     before = trainer.represent(INDICES)
-    assert trainer.contrastive_update(INDICES, partners_payload()) == 0.0
+    assert trainer.contrastive_update(INDICES, partners_payload()) == {"lambda": 0.0}
     assert torch.equal(trainer.represent(INDICES), before)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedmuscle_flwr.aggregation import build_payloads
-from fedmuscle_flwr.loss import GRPC_MAX_MESSAGE_BYTES
 from fedmuscle_flwr.wire import (
+    GRPC_MAX_MESSAGE_BYTES,
     WireError,
     batch_digest,
     has_payload,

@@ -28,6 +28,7 @@ class UserData:
     public: Dataset
     num_classes: int
     image_size: int | None = None
+    validation: Dataset | None = None
 
 
 # source name -> (private set of a task, public set, number of classes of a task)
@@ -83,9 +84,23 @@ DATA_SOURCES: dict[str, Callable[[], Source]] = {"world": _world_source, "real":
 
 
 def load_user_data(
-    profile: UserProfile, federation: Federation, *, source: str, public_size: int, seed: int = 0
+    profile: UserProfile,
+    federation: Federation,
+    *,
+    source: str,
+    public_size: int,
+    seed: int = 0,
+    validation_fraction: float = 0.0,
+    label_budget: int = 0,
 ) -> UserData:
-    """Build ``profile``'s train/test split and the public set of ``public_size`` samples."""
+    """Build ``profile``'s train/validation/test split and the public set.
+
+    ``validation_fraction`` of the user's train share is held out for validation (the test
+    split is never touched); ``label_budget`` > 0 then keeps only that many labelled
+    training examples (a seeded subset), the label-scarce regime. Both are the same for
+    every algorithm, so a local baseline trains on exactly the examples a collaborative
+    run trains on.
+    """
     if source not in DATA_SOURCES:
         raise ValueError(f"dataset must be one of {sorted(DATA_SOURCES)}, got {source!r}")
     private, public, classes = DATA_SOURCES[source]()
@@ -109,8 +124,24 @@ def load_user_data(
         raise ValueError(
             f"public-size={public_size} but the {source!r} public set has {len(public_set)} samples"
         )
+    train, validation = split["train"], None
+    if validation_fraction > 0:
+        if len(train) < 4:
+            raise ValueError(
+                f"user {profile.id!r} has {len(train)} training examples, too few to hold out "
+                f"validation-fraction={validation_fraction}; set it to 0"
+            )
+        held = train.train_test_split(
+            test_size=validation_fraction, seed=seed * 100_019 + peers.index(profile)
+        )
+        train, validation = held["train"], held["test"]
+    if 0 < label_budget < len(train):
+        train = train.shuffle(seed=seed * 100_043 + peers.index(profile)).select(
+            range(label_budget)
+        )
     return UserData(
-        train=split["train"],
+        train=train,
+        validation=validation,
         test=split["test"],
         public=public_set,
         num_classes=classes(federation, profile.task),

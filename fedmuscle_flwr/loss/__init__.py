@@ -6,7 +6,6 @@ gradients, and the M selected partners' representations (constants).
 
 from fedmuscle_flwr.loss.contrastive import ensemble_loss, info_nce, pairwise_loss
 from fedmuscle_flwr.loss.dense import (
-    GRPC_MAX_MESSAGE_BYTES,
     build_dense_payload,
     dense_muscle_loss,
     dense_payload_bytes,
@@ -22,7 +21,6 @@ from fedmuscle_flwr.loss.muscle import (
 
 __all__ = [
     "DEFAULT_MAX_CHUNK_ELEMENTS",
-    "GRPC_MAX_MESSAGE_BYTES",
     "MuscleObjective",
     "build_dense_payload",
     "dense_muscle_loss",

@@ -25,16 +25,12 @@ from fedmuscle_flwr.loss._checks import (
 from fedmuscle_flwr.loss.muscle import _log_partner_weights, pairwise_log_alpha
 
 __all__ = [
-    "GRPC_MAX_MESSAGE_BYTES",
     "build_dense_payload",
     "dense_muscle_loss",
     "dense_payload_bytes",
     "dense_payload_numel",
     "factored_payload_numel",
 ]
-
-#: Largest gRPC message Flower 1.39 accepts (flwr.supercore.grpc.GRPC_MAX_MESSAGE_LENGTH).
-GRPC_MAX_MESSAGE_BYTES = 2_147_483_647
 
 
 def dense_payload_numel(batch: int, num_others: int, dim: int) -> int:
@@ -57,7 +53,7 @@ def build_dense_payload(
     *,
     tau_alpha: float,
     log_alpha_pairs: Tensor | None = None,
-    max_bytes: int = GRPC_MAX_MESSAGE_BYTES,
+    max_bytes: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Build S_n[j] = sum_k Z_k[j_k] and log alpha_n[j] = sum_{k<l} A_kl[j_k, j_l].
 
@@ -68,7 +64,8 @@ def build_dense_payload(
     Raises
     ------
     ValueError
-        If the payload would exceed ``max_bytes`` (checked before allocating).
+        If the payload would exceed ``max_bytes`` (checked before allocating; None: no
+        limit. Over the wire, :data:`fedmuscle_flwr.wire.GRPC_MAX_MESSAGE_BYTES`).
     """
     stacked = torch.stack(list(others)) if not isinstance(others, Tensor) else others
     if stacked.ndim != 3 or stacked.shape[0] == 0:
@@ -77,7 +74,7 @@ def build_dense_payload(
         )
     num_others, batch, dim = stacked.shape
     needed = dense_payload_bytes(batch, num_others, dim, stacked.dtype)
-    if needed > max_bytes:
+    if max_bytes is not None and needed > max_bytes:
         raise ValueError(
             f"the dense payload for B={batch}, M={num_others}, d={dim} would take "
             f"{needed:,} bytes, over the limit of {max_bytes:,}; use the factored payload "

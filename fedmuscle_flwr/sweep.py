@@ -1,0 +1,271 @@
+r"""Sweep run-config variants over seeds, each against its own local baseline; write a table.
+
+    python -m fedmuscle_flwr.sweep --seeds 0 1 2 --base 'num-server-rounds=20' \\
+        --variant 'paper:' --variant 'warm-up 5:warmup-rounds=5' \\
+        --grid 'contrastive-weight=0.1,1.0' --jobs 2 --output-dir outputs/sweep/lambda
+
+Every run is an in-process run of the real ServerApp and ClientApp code
+(``python -m server_app.inprocess``, one process per run, ``--jobs`` at a time), much
+cheaper than a ``flwr run`` launch on a small machine; the final tables of
+docs/results.md still come from :mod:`fedmuscle_flwr.compare`. A variant is a name and
+run-config overrides on top of ``--base``; ``--grid KEY=V1,V2`` adds the cross product of
+its values as variants. Each variant is compared with ``algorithm = "local"`` under the
+same overrides, minus the keys that only matter to collaboration, so local baselines are
+shared between variants that differ only in those. Runs are keyed by their overrides and
+reused when complete, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedmuscle_flwr.config import COLLABORATION_KEYS, RunConfig
+from fedmuscle_flwr.launch import toml_overrides
+from fedmuscle_flwr.results import RunResults, delta_table, write_json_atomic
+
+__all__ = ["Variant", "local_overrides", "parse_variants", "run_sweep", "sweep_table"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a sweep: a name and run-config overrides."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def algorithm(self) -> str:
+        """The variant's algorithm (default: the run config's)."""
+        return str(self.overrides.get("algorithm", RunConfig.algorithm))
+
+
+def _parse_overrides(text: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for token in shlex.split(text, posix=False):
+        try:
+            values |= tomllib.loads(token)
+        except tomllib.TOMLDecodeError as err:
+            raise SystemExit(f"error: cannot read override {token!r} as TOML ({err})") from err
+    return values
+
+
+def parse_variants(variants: Sequence[str], grids: Sequence[str]) -> list[Variant]:
+    """``NAME:OVERRIDES`` strings, then the cross product of ``KEY=V1,V2,...`` grids."""
+    parsed = []
+    for text in variants:
+        name, sep, overrides = text.partition(":")
+        if not sep or not name.strip():
+            raise SystemExit(f"error: a variant is 'NAME:key=value ...', got {text!r}")
+        parsed.append(Variant(name.strip(), _parse_overrides(overrides)))
+    axes = []
+    for text in grids:
+        key, sep, values = text.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"error: a grid is 'KEY=V1,V2,...', got {text!r}")
+        axes.append([(key.strip(), tomllib.loads(f"v={v}")["v"]) for v in values.split(",")])
+    for combination in itertools.product(*axes) if axes else ():
+        name = " ".join(f"{k}={v}" for k, v in combination)
+        parsed.append(Variant(name, dict(combination)))
+    if not parsed:
+        raise SystemExit("error: give at least one --variant or --grid")
+    return parsed
+
+
+def local_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The local baseline of ``overrides``: algorithm local, collaboration-only keys dropped."""
+    kept = {k: v for k, v in overrides.items() if k not in COLLABORATION_KEYS}
+    return kept | {"algorithm": "local"}
+
+
+def _run_key(overrides: Mapping[str, Any]) -> str:
+    text = json.dumps(dict(sorted(overrides.items())), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _complete(directory: Path) -> RunResults | None:
+    path = directory / "run-1" / "results.json"
+    if not path.exists():
+        return None
+    results = RunResults.from_dict(json.loads(path.read_text()))
+    return results if results.complete else None
+
+
+def _run_one(overrides: dict[str, Any], directory: Path, threads: int) -> RunResults:
+    """One in-process run in its own process; its log goes to ``directory/log.txt``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "overrides.json").write_text(json.dumps(overrides, indent=1, sort_keys=True))
+    command = [
+        sys.executable, "-m", "server_app.inprocess", "--threads", str(threads),
+        "--run-config", toml_overrides(overrides | {"output-dir": str(directory)}),
+    ]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "FLWR_TELEMETRY_ENABLED": "0"}
+    with open(directory / "log.txt", "wb") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    results = _complete(directory)
+    if code != 0 or results is None:
+        tail = (directory / "log.txt").read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"run {directory} failed (exit {code}): {' | '.join(tail)}")
+    return results
+
+
+def run_sweep(
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    *,
+    base: Mapping[str, Any],
+    output_dir: Path,
+    jobs: int = 1,
+    threads: int = 1,
+) -> dict[str, dict[int, tuple[RunResults, RunResults]]]:
+    """Run every variant and its local baseline for every seed (shared and reused runs).
+
+    Returns ``{variant name: {seed: (variant results, local results)}}``.
+    """
+    plan: dict[str, dict[str, Any]] = {}  # run key -> overrides
+    cells: dict[tuple[str, int], tuple[str, str]] = {}
+    for variant in variants:
+        for seed in seeds:
+            ours = dict(base) | variant.overrides | {"seed": seed}
+            RunConfig.from_run_config(ours)  # a bad value stops the sweep before any run
+            local = local_overrides(ours)
+            plan[_run_key(ours)] = ours
+            plan[_run_key(local)] = local
+            cells[(variant.name, seed)] = (_run_key(ours), _run_key(local))
+    runs: dict[str, RunResults] = {}
+    todo = []
+    for key in plan:
+        done = _complete(output_dir / key)
+        if done is not None:
+            runs[key] = done
+        else:
+            todo.append(key)
+    print(f"sweep: {len(plan)} runs, {len(runs)} reused, {len(todo)} to run, {jobs} at a time")
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(_run_one, plan[key], output_dir / key, threads): key for key in todo}
+        for count, future in enumerate(as_completed(futures), start=1):
+            key = futures[future]
+            runs[key] = future.result()
+            elapsed = time.perf_counter() - start
+            eta = elapsed / count * (len(todo) - count)
+            print(
+                f"  [{count}/{len(todo)}] {key} {toml_overrides(plan[key])}"
+                f" ({elapsed:.0f} s, about {eta:.0f} s left)",
+                flush=True,
+            )
+    return {
+        variant.name: {
+            seed: (runs[cells[(variant.name, seed)][0]], runs[cells[(variant.name, seed)][1]])
+            for seed in seeds
+        }
+        for variant in variants
+    }
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):+.2f} ± {std:.2f}"
+
+
+def _mean_metric(results: RunResults) -> float:
+    values = [results.primary(u, m) for u, m in results.final.items()]
+    return statistics.fmean(v for v in values if v is not None)
+
+
+def sweep_table(
+    variants: Sequence[Variant],
+    outcome: Mapping[str, Mapping[int, tuple[RunResults, RunResults]]],
+    *,
+    base: Mapping[str, Any],
+) -> tuple[str, dict[str, Any]]:
+    """Markdown table (one row per variant) and the raw numbers behind it."""
+    lines = [
+        "| variant | overrides | Delta vs local (%) | worst user (%) | users improved "
+        "| mean metric | local mean metric |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    raw: dict[str, Any] = {"base": dict(base), "variants": {}}
+    for variant in variants:
+        per_seed = outcome[variant.name]
+        rows: dict[str, list[float]] = {
+            k: [] for k in ("delta", "worst", "improved", "metric", "local")
+        }
+        per_user: dict[str, list[float]] = {}
+        for ours, local in per_seed.values():
+            row = delta_table(local, {variant.name: ours})[variant.name]
+            for key in ("delta", "worst", "improved"):
+                rows[key].append(row[key])
+            rows["metric"].append(_mean_metric(ours))
+            rows["local"].append(_mean_metric(local))
+            for user_id, metrics in ours.final.items():
+                mine = ours.primary(user_id, metrics)
+                theirs = local.primary(user_id, local.final.get(user_id, {}))
+                if mine is not None and theirs:
+                    per_user.setdefault(user_id, []).append((mine - theirs) / theirs * 100)
+        raw["variants"][variant.name] = {
+            "overrides": variant.overrides,
+            "seeds": sorted(per_seed),
+            **rows,
+            "per_user": per_user,
+        }
+        improved = rows["improved"]
+        lines.append(
+            f"| {variant.name} | `{toml_overrides(variant.overrides) or '-'}` "
+            f"| {_mean_std(rows['delta'])} | {_mean_std(rows['worst'])} "
+            f"| {statistics.fmean(improved):.2f} | {statistics.fmean(rows['metric']):.3f} "
+            f"| {statistics.fmean(rows['local']):.3f} |"
+        )
+    return "\n".join(lines), raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fedmuscle_flwr.sweep", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--base", default="", help="overrides every run shares (TOML)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:OVERRIDES")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2")
+    parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1) // 2))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/sweep"))
+    args = parser.parse_args(argv)
+    base = _parse_overrides(args.base)
+    variants = parse_variants(args.variant, args.grid)
+    outcome = run_sweep(
+        variants, args.seeds, base=base, output_dir=args.output_dir, jobs=args.jobs,
+        threads=args.threads,
+    )  # fmt: skip
+    table, raw = sweep_table(variants, outcome, base=base)
+    command = "python -m fedmuscle_flwr.sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
+    text = (
+        f"Seeds {list(args.seeds)}; base `{toml_overrides(base) or '-'}`\n`{command}`\n\n{table}\n"
+    )
+    print(text)
+    (args.output_dir / "table.md").write_text(text)
+    write_json_atomic(args.output_dir / "table.json", raw | {"command": command})
+    print(f"wrote {args.output_dir / 'table.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
