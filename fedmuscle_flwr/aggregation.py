@@ -63,15 +63,17 @@ def linear_cka(grams: Tensor) -> Tensor:
 
     ``grams`` is (N, B, B); the result is (N, N), symmetric, 1 on the diagonal, in [0, 1],
     invariant to rotations of each user's representation space (Kornblith et al., 2019).
-    A user whose centred Gram is zero (a constant Z) gets CKA 0 with everyone else.
+    A user whose centred Gram is (numerically) zero, a constant Z, gets CKA 0 with
+    everyone else.
     """
     batch = grams.shape[-1]
     centre = torch.eye(batch, dtype=grams.dtype, device=grams.device) - 1.0 / batch
     centred = (centre @ grams.to(centre.dtype) @ centre).flatten(1)  # (N, B*B)
     hsic = centred @ centred.T
     norms = hsic.diagonal().clamp_min(0).sqrt()
+    alive = norms > 1e-6 * batch  # unit rows: a real centred Gram has norm of order 1 to B
     denominator = norms[:, None] * norms[None, :]
-    cka = torch.where(denominator > 0, hsic / denominator.clamp_min(1e-30), 0.0)
+    cka = torch.where(alive[:, None] & alive[None, :], hsic / denominator.clamp_min(1e-30), 0.0)
     return cka.fill_diagonal_(1.0).clamp(0.0, 1.0)
 
 

@@ -23,7 +23,7 @@ from fedmuscle_flwr.federation import UserProfile
 from fedmuscle_flwr.models import ClientModel
 from fedmuscle_flwr.payload import UserPayload
 
-__all__ = ["TrainSettings", "Trainer", "contrastive_objective", "resolve_device"]
+__all__ = ["TrainSettings", "Trainer", "contrastive_objective", "gate_decision", "resolve_device"]
 
 EVAL_BATCH = 256
 
@@ -95,6 +95,22 @@ def contrastive_objective(
 ) -> Callable[[Tensor], Tensor]:
     """The contrastive loss of the registered ``algorithm`` against this round's payload."""
     return get_algorithm(algorithm).objective(payload, tau=tau, tau_alpha=tau_alpha)
+
+
+def gate_decision(
+    before: float, after: float, *, scale: float, tolerance: float = 0.0
+) -> tuple[bool, float]:
+    """The validation gate: keep a contrastive update, and the user's next lambda scale.
+
+    An update is kept when the validation loss did not rise by more than ``tolerance``
+    (relative): ``after <= before * (1 + tolerance)``, or ``after <= before`` when
+    ``before`` is not positive. Kept: the scale doubles back towards 1. Not kept (the
+    caller rolls the update back): the scale halves, so a user whose partners keep hurting
+    it contrasts ever more weakly, and comes back as soon as an update helps.
+    """
+    limit = before * (1 + tolerance) if before > 0 else before
+    kept = after <= limit
+    return kept, (min(1.0, scale * 2) if kept else scale / 2)
 
 
 class Trainer:
@@ -187,12 +203,11 @@ class Trainer:
         result = {"contrastive-loss": loss, "lambda": effective}
         if gated:
             after = self.validation_loss()
-            kept = after <= before * (1 + self.settings.gate_tolerance)
-            if kept:
-                self.gate_scale = min(1.0, self.gate_scale * 2)
-            else:
+            kept, self.gate_scale = gate_decision(
+                before, after, scale=self.gate_scale, tolerance=self.settings.gate_tolerance
+            )
+            if not kept:
                 self._restore(snapshot)
-                self.gate_scale /= 2
             result |= {
                 "gate-kept": float(kept),
                 "validation-loss-before": before,

@@ -1,0 +1,356 @@
+"""The mechanisms that make collaboration pay: relevance-aware partners, the validation gate,
+warm-up and lambda ramp, frozen norm statistics, separate optimiser state, data splits."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from client_app.app import build_trainer
+from fedmuscle_flwr.aggregation import (
+    build_payloads,
+    linear_cka,
+    select_partners,
+    select_relevant_partners,
+)
+from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.data.users import load_user_data
+from fedmuscle_flwr.federation import load_federation
+from fedmuscle_flwr.training import gate_decision
+from tests.tiny import TINY_FEDERATION
+
+CONFIG = RunConfig(
+    federation=TINY_FEDERATION, public_size=64, public_batch_size=8, embed_dim=16, local_steps=2,
+    batch_size=8, learning_rate=3e-3,
+)  # fmt: skip
+INDICES = list(range(8))
+
+
+def unit(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
+
+
+def grams(zs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([z @ z.T for z in zs])
+
+
+# ---------------------------------------------------------------- linear CKA
+
+
+def test_cka_is_one_on_itself_and_invariant_to_rotations():
+    g = torch.Generator().manual_seed(0)
+    z = unit(g, 16, 8)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    noise = unit(g, 16, 8)
+    cka = linear_cka(grams([z, z @ rotation, noise]))
+    assert torch.allclose(cka, cka.T)
+    assert torch.allclose(cka.diagonal(), torch.ones(3, dtype=cka.dtype))
+    assert cka[0, 1] == pytest.approx(1.0, abs=1e-9)
+    assert cka[0, 2] < 0.9
+
+
+def test_cka_of_a_constant_representation_is_zero():
+    g = torch.Generator().manual_seed(1)
+    constant = F.normalize(torch.ones(16, 8, dtype=torch.float64), dim=-1)
+    cka = linear_cka(grams([unit(g, 16, 8), constant]))
+    assert cka[0, 1] == 0.0 and cka[1, 0] == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), users=st.integers(2, 6))
+def test_cka_lies_in_zero_one(seed, users):
+    g = torch.Generator().manual_seed(seed)
+    cka = linear_cka(grams([unit(g, 12, 6) for _ in range(users)]))
+    assert bool(((cka >= 0) & (cka <= 1)).all())
+
+
+# ---------------------------------------------------------------- relevance ranking
+
+
+def test_relevance_without_exploration_picks_the_most_similar():
+    similarity = torch.tensor(
+        [
+            [1.0, 0.9, 0.1, 0.5],
+            [0.9, 1.0, 0.2, 0.3],
+            [0.1, 0.2, 1.0, 0.8],
+            [0.5, 0.3, 0.8, 1.0],
+        ]
+    )
+    picks = select_relevant_partners(
+        [10, 11, 12, 13], similarity, 2, torch.Generator().manual_seed(0), exploration=0.0
+    )
+    assert picks == {10: (11, 13), 11: (10, 13), 12: (13, 11), 13: (12, 10)}
+
+
+def test_relevance_ties_go_to_the_lower_node_id():
+    picks = select_relevant_partners(
+        [5, 7, 9], torch.ones(3, 3), 1, torch.Generator().manual_seed(0), exploration=0.0
+    )
+    assert picks == {5: (7,), 7: (5,), 9: (5,)}
+
+
+def test_relevance_is_deterministic_under_the_seed_and_explores():
+    g = torch.Generator().manual_seed(3)
+    similarity = linear_cka(grams([unit(g, 8, 4) for _ in range(8)]))
+    nodes = list(range(8))
+
+    def run(seed: int, exploration: float):
+        return select_relevant_partners(
+            nodes, similarity, 3, torch.Generator().manual_seed(seed), exploration=exploration
+        )
+
+    assert run(1, 0.5) == run(1, 0.5)
+    greedy = run(1, 0.0)
+    explored = [run(seed, 0.5) for seed in range(10)]
+    assert any(e != greedy for e in explored)
+    for picks in [greedy, *explored]:
+        for node, partners in picks.items():
+            assert node not in partners and len(set(partners)) == 3
+
+
+def test_relevance_keeps_a_noise_user_out_of_honest_users_partners():
+    g = torch.Generator().manual_seed(4)
+    latent = unit(g, 32, 16)
+    honest = [F.normalize(latent + 0.3 * unit(g, 32, 16), dim=-1).float() for _ in range(3)]
+    noise = unit(g, 32, 16).float()
+    reps = {1: honest[0], 2: honest[1], 3: honest[2], 4: noise}
+    payloads = build_payloads(
+        reps, num_partners=2, tau_alpha=0.5, generator=torch.Generator().manual_seed(0),
+        device="cpu", selection="relevance", exploration=0.0,
+    )  # fmt: skip
+    for node in (1, 2, 3):
+        assert 4 not in payloads[node].partner_ids
+    random_pick = select_partners([1, 2, 3, 4], 2, torch.Generator().manual_seed(0))
+    assert any(4 in random_pick[n] for n in (1, 2, 3))  # what relevance avoids
+
+
+def test_relevance_checks_its_arguments():
+    with pytest.raises(ValueError, match="exploration"):
+        select_relevant_partners([1, 2], torch.eye(2), 1, torch.Generator(), exploration=2.0)
+    with pytest.raises(ValueError, match="similarity must be"):
+        select_relevant_partners([1, 2, 3], torch.eye(2), 1, torch.Generator())
+    with pytest.raises(ValueError, match="selection must be"):
+        build_payloads(
+            {1: torch.eye(2), 2: torch.eye(2)}, num_partners=1, tau_alpha=1.0,
+            generator=torch.Generator(), selection="best",
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------- the validation gate
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "scale", "tolerance", "kept", "new_scale"),
+    [
+        (1.0, 0.9, 1.0, 0.0, True, 1.0),  # helped: kept, scale stays at 1
+        (1.0, 0.9, 0.25, 0.0, True, 0.5),  # helped after a setback: scale doubles back
+        (1.0, 1.0, 0.5, 0.0, True, 1.0),  # no change is not harm
+        (1.0, 1.1, 1.0, 0.0, False, 0.5),  # hurt: rolled back, scale halves
+        (1.0, 1.1, 0.5, 0.0, False, 0.25),
+        (1.0, 1.04, 1.0, 0.05, True, 1.0),  # within tolerance
+        (1.0, 1.06, 1.0, 0.05, False, 0.5),
+        (0.0, 0.01, 1.0, 0.5, False, 0.5),  # a zero loss: any rise is harm
+    ],
+)
+def test_gate_decisions(before, after, scale, tolerance, kept, new_scale):
+    assert gate_decision(before, after, scale=scale, tolerance=tolerance) == (kept, new_scale)
+
+
+@pytest.mark.parametrize("harm", [True, False])
+def test_gate_rolls_back_an_update_that_hurts_validation(monkeypatch, harm):
+    profile = load_federation(TINY_FEDERATION).users[0]
+    config = dataclasses.replace(
+        CONFIG, algorithm="pairwise", validation_fraction=0.25, gate="validation",
+        contrastive_steps=3,
+    )  # fmt: skip
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    trainer.supervised_update()
+    g = torch.Generator().manual_seed(9)
+    noise = {n: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for n in range(3)}
+    payload = build_payloads(noise, num_partners=2, tau_alpha=0.5, generator=g, device="cpu")[0]
+    model_before = trainer.model.state_for_checkpoint()
+    optimizer_steps = trainer.optimizer.state_dict()["state"][0]["step"].item()
+    losses = iter([1.0, 2.0 if harm else 0.5])  # validation loss before, after the update
+    monkeypatch.setattr(trainer, "validation_loss", lambda: next(losses))
+    result = trainer.contrastive_update(INDICES, payload, weight=1.0)
+    assert result["gate-kept"] == (0.0 if harm else 1.0)
+    model_after = trainer.model.state_for_checkpoint()
+    unchanged = all(torch.equal(model_before[k], model_after[k]) for k in model_before)
+    steps = trainer.optimizer.state_dict()["state"][0]["step"].item()
+    assert unchanged == harm  # rolled back exactly, or kept
+    assert steps == (optimizer_steps if harm else optimizer_steps + 3)
+    assert trainer.gate_scale == (0.5 if harm else 1.0)
+    # The next round's effective lambda is the schedule's times the gate's scale.
+    losses = iter([1.0, 1.0])
+    assert trainer.contrastive_update(INDICES, payload, weight=0.8)["lambda"] == pytest.approx(
+        0.8 * (0.5 if harm else 1.0)
+    )
+
+
+# ---------------------------------------------------------------- schedule and knobs
+
+
+def test_warmup_and_ramp_schedule_lambda():
+    config = RunConfig(contrastive_weight=0.4, warmup_rounds=2, lambda_ramp_rounds=4)
+    assert [config.lambda_at(r) for r in range(1, 9)] == pytest.approx(
+        [0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4]
+    )
+    assert RunConfig(contrastive_weight=0.5).lambda_at(1) == 0.5
+
+
+def test_gate_needs_a_validation_split():
+    with pytest.raises(ValueError, match="validation-fraction"):
+        RunConfig(gate="validation")
+
+
+def test_frozen_public_norm_leaves_batchnorm_statistics_alone():
+    profile = load_federation(TINY_FEDERATION).users[0]  # small CNN, BatchNorm
+    g = torch.Generator().manual_seed(0)
+    reps = {n: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for n in range(3)}
+    payload = build_payloads(reps, num_partners=2, tau_alpha=0.5, generator=g, device="cpu")[0]
+
+    def running_stats(public_norm: str) -> dict[str, torch.Tensor]:
+        config = dataclasses.replace(CONFIG, algorithm="muscle", public_norm=public_norm)
+        trainer = build_trainer(config, profile, TINY_FEDERATION)
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k}
+        trainer.contrastive_update(INDICES, payload)
+        assert trainer.model.training  # the norm layers are back in train mode
+        after = {k: v for k, v in trainer.model.state_dict().items() if "running" in k}
+        return {k: after[k] - before[k] for k in before}
+
+    assert running_stats("frozen") and all(
+        torch.count_nonzero(d) == 0 for d in running_stats("frozen").values()
+    )
+    assert any(torch.count_nonzero(d) > 0 for d in running_stats("train").values())
+
+
+def test_separate_optimizer_state_keeps_the_task_moments_clean():
+    profile = load_federation(TINY_FEDERATION).users[0]
+    config = dataclasses.replace(CONFIG, algorithm="pairwise", optimizer_state="separate")
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    g = torch.Generator().manual_seed(0)
+    reps = {n: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for n in range(3)}
+    payload = build_payloads(reps, num_partners=2, tau_alpha=0.5, generator=g, device="cpu")[0]
+    result = trainer.contrastive_update(INDICES, payload, weight=0.5)
+    assert result["lambda"] == 0.5 and math.isfinite(result["contrastive-loss"])
+    assert trainer.optimizer.state_dict()["state"] == {}  # the task optimiser never stepped
+    assert trainer.contrastive_optimizer is not None
+    assert trainer.contrastive_optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 3e-3)
+    head = {id(p) for p in trainer.model.head.parameters()}
+    assert not any(id(p) in head for p in trainer.contrastive_optimizer.param_groups[0]["params"])
+
+
+def test_validation_split_and_label_budget_come_from_the_train_share():
+    federation = load_federation(TINY_FEDERATION)
+    profile = federation.users[0]
+
+    def load(**kw):
+        return load_user_data(profile, federation, source="world", public_size=64, seed=0, **kw)
+
+    full = load()
+    held = load(validation_fraction=0.25)
+    scarce = load(validation_fraction=0.25, label_budget=10)
+    assert held.validation is not None and full.validation is None
+    assert len(held.train) + len(held.validation) == len(full.train)
+    assert len(scarce.train) == 10 and scarce.validation is not None
+    assert len(scarce.validation) == len(held.validation)
+    assert held.test["label"] == full.test["label"]  # the test split is never touched
+    assert held.test.to_dict() == full.test.to_dict()
+
+
+# ---------------------------------------------------------------- noise partners, in process
+
+NOISE_FEDERATION = """
+[data]
+image-size = 32
+private-size = 240
+test-fraction = 0.25
+
+[[users]]
+id = "honest"
+model = "small-cnn"
+task = "image-classification"
+partition = "iid"
+[users.model-config]
+image_size = 32
+channels = [8, 16, 32, 32]
+stem_width = 8
+{noise}
+"""
+NOISE_USER = """
+[[users]]
+id = "noise-{i}"
+model = "noise-cnn"
+task = "image-classification"
+partition = "iid"
+[users.model-config]
+image_size = 32
+channels = [8, 16, 32, 32]
+stem_width = 8
+"""
+
+
+@pytest.fixture
+def noise_model_type():
+    """A registered model type whose representations of the public set are random noise."""
+    from fedmuscle_flwr.models import register_client_model
+    from fedmuscle_flwr.models.registry import MODELS
+    from fedmuscle_flwr.models.vision import build_small_cnn
+
+    noise = torch.Generator().manual_seed(1234)
+
+    @register_client_model("noise-cnn")
+    def build_noise_cnn(**cfg):
+        model = build_small_cnn(**cfg)
+
+        def encode_public(batch):  # noise, with a (zero) gradient path to the weights
+            rows = torch.randn(len(batch["image"]), model.embed_dim, generator=noise)
+            return F.normalize(rows + 0 * model.projection.weight.sum(), dim=-1)
+
+        model.encode_public = encode_public
+        return model
+
+    yield
+    MODELS.remove("noise-cnn")
+
+
+@pytest.mark.usefixtures("noise_model_type", "flower_task_identity")
+def test_a_user_whose_partners_are_noise_ends_no_worse_than_local(tmp_path):
+    import json
+
+    from fedmuscle_flwr.results import RunResults
+    from server_app.inprocess import run_inprocess
+
+    federation = tmp_path / "noise.toml"
+    noise = "".join(NOISE_USER.format(i=i) for i in range(3))
+    federation.write_text(NOISE_FEDERATION.format(noise=noise))
+    base = {
+        "federation": str(federation), "num-server-rounds": 6, "local-steps": 4,
+        "public-size": 64, "public-batch-size": 16, "embed-dim": 16, "num-partners": 2,
+        "batch-size": 16, "learning-rate": 3e-3, "validation-fraction": 0.2,
+        "contrastive-steps": 5, "node-wait-timeout": 1.0,
+    }  # fmt: skip
+
+    def honest(name: str, **overrides) -> tuple[float, RunResults]:
+        torch.manual_seed(0)
+        config = base | overrides | {"output-dir": str(tmp_path / name)}
+        results = RunResults.from_dict(json.loads(run_inprocess(config).read_text()))
+        return results.final["honest"]["accuracy"], results
+
+    local, _ = honest("local", algorithm="local")
+    gated, results = honest("gated", algorithm="muscle", gate="validation")
+    lambdas = [r.metrics["honest"].get("lambda") for r in results.rounds[1:]]
+    kept = [r.metrics["honest"].get("gate-kept") for r in results.rounds[1:]]
+    assert not any(r.failed for r in results.rounds)
+    assert all(v is not None for v in lambdas) and 0.0 in kept  # noise was rolled back
+    assert min(lambdas) < max(lambdas)  # and the gate lowered the honest user's lambda
+    assert all(
+        set(r.partners["honest"]) <= {"noise-0", "noise-1", "noise-2"} for r in results.rounds[1:]
+    )
+    assert gated >= local - 0.02, (gated, local)
