@@ -120,3 +120,25 @@ def test_compare_reuses_finished_runs_and_summarises_complete_seeds(tmp_path):
     assert sorted(load_runs(tmp_path)) == [0]
     runs = compare({}, [0], output_dir=tmp_path)  # everything finished: nothing is launched
     assert runs[0]["muscle"].final["a"]["accuracy"] == 0.6
+
+
+def test_variant_columns_and_learning_curves(tmp_path):
+    from fedmuscle_flwr.compare import render_delta_table
+    from fedmuscle_flwr.plots import plot_learning_curves
+
+    runs = {
+        seed: {
+            "local": run({"a": 0.5}, "local"),
+            "muscle": run({"a": 0.55}),
+            "muscle+gate": run({"a": 0.6 + 0.1 * seed}),
+        }
+        for seed in (0, 1)
+    }
+    summary = summarise(runs)
+    assert summary["columns"] == ["local", "muscle", "muscle+gate"]
+    deltas = render_delta_table(summary)
+    assert "| muscle+gate | 30.000 ± 14.142 |" in deltas
+    assert "muscle+gate" in render_table(summary, "t", "cmd").splitlines()[4]
+    figure = tmp_path / "figures" / "curves.png"
+    plot_learning_curves(runs, figure)
+    assert figure.stat().st_size > 5000

@@ -1,0 +1,70 @@
+"""The sweep command: variants, shared local baselines, the table, and one real tiny sweep."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
+from fedmuscle_flwr.sweep import Variant, local_overrides, main, parse_variants, sweep_table
+from tests.tiny import TINY_FEDERATION
+
+
+def test_variants_and_grids():
+    variants = parse_variants(
+        ["paper:", 'gate:gate="validation" validation-fraction=0.1'],
+        ["contrastive-weight=0.1,1.0", "tau=0.2"],
+    )
+    assert [v.name for v in variants] == [
+        "paper", "gate", "contrastive-weight=0.1 tau=0.2", "contrastive-weight=1.0 tau=0.2",
+    ]  # fmt: skip
+    assert variants[1].overrides == {"gate": "validation", "validation-fraction": 0.1}
+    assert variants[3].overrides == {"contrastive-weight": 1.0, "tau": 0.2}
+    with pytest.raises(SystemExit, match="NAME:key=value"):
+        parse_variants(["no colon"], [])
+    with pytest.raises(SystemExit, match="at least one"):
+        parse_variants([], [])
+
+
+def test_local_baseline_drops_collaboration_keys_only():
+    ours = {"contrastive-weight": 0.1, "warmup-rounds": 3, "gate": "validation",
+            "validation-fraction": 0.15, "label-budget": 100, "seed": 2}  # fmt: skip
+    assert local_overrides(ours) == {
+        "validation-fraction": 0.15, "label-budget": 100, "seed": 2, "algorithm": "local",
+    }  # fmt: skip
+
+
+def _run(value: float, algorithm: str) -> RunResults:
+    users = {u: UserInfo(u, "vit", "image-classification", "accuracy") for u in ("a", "b")}
+    metrics = {"a": {"accuracy": value}, "b": {"accuracy": 0.5}}
+    return RunResults({"algorithm": algorithm, "num-server-rounds": 1}, users,
+                      [RoundRecord(1, metrics=metrics)])  # fmt: skip
+
+
+def test_table_rows_compare_each_variant_with_its_local_run():
+    variants = [Variant("v", {"tau": 0.2})]
+    outcome = {"v": {0: (_run(0.6, "muscle"), _run(0.5, "local")),
+                     1: (_run(0.4, "muscle"), _run(0.5, "local"))}}  # fmt: skip
+    table, raw = sweep_table(variants, outcome, base={})
+    # seed 0: a +20 %, b 0 % -> +10 %; seed 1: a -20 % -> -10 %
+    assert "| v | `tau=0.2` | +0.00 ± 14.14 | -10.00 ± 14.14 | 0.25 |" in table
+    assert raw["variants"]["v"]["per_user"]["a"] == pytest.approx([20.0, -20.0])
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_tiny_sweep_runs_and_reuses_its_runs(tmp_path, capsys):
+    argv = [
+        "--seeds", "0", "--jobs", "2", "--output-dir", str(tmp_path / "sweep"),
+        "--base", f'num-server-rounds=2 federation="{TINY_FEDERATION}" public-size=64 '
+        "public-batch-size=8 embed-dim=16 num-partners=2 local-steps=1 batch-size=8 "
+        "node-wait-timeout=1.0",
+        "--variant", "paper:", "--variant", "small-lambda:contrastive-weight=0.1",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 runs, 0 reused, 3 to run" in out  # one local baseline shared by both variants
+    raw = json.loads((tmp_path / "sweep" / "table.json").read_text())
+    assert set(raw["variants"]) == {"paper", "small-lambda"}
+    assert main(argv) == 0
+    assert "3 runs, 3 reused, 0 to run" in capsys.readouterr().out
