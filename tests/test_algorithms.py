@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fedmuscle_flwr.algorithms import (
     ALGORITHMS,
