@@ -14,7 +14,7 @@ from itertools import combinations
 import torch
 from torch import Tensor
 
-from fedmuscle_flwr.loss import build_dense_payload
+from fedmuscle_flwr.loss.dense import DEFAULT_MAX_DENSE_BYTES, build_dense_payload
 from fedmuscle_flwr.payload import UserPayload
 
 __all__ = [
@@ -129,7 +129,7 @@ def build_payloads(
     generator: torch.Generator,
     device: torch.device | str | None = None,
     dense: bool = False,
-    max_dense_bytes: int | None = None,
+    max_dense_bytes: int | None = DEFAULT_MAX_DENSE_BYTES,
     selection: str = "random",
     exploration: float = 0.25,
 ) -> dict[int, UserPayload]:
@@ -156,7 +156,7 @@ def build_payloads(
     max_dense_bytes
         Per-user limit of a dense payload (the strategy passes the transport's message
         limit, :data:`fedmuscle_flwr.wire.GRPC_MAX_MESSAGE_BYTES`); exceeding it raises
-        before allocating. None: no limit.
+        before allocating (default: the loss module's 2 GiB memory guard; None: no limit).
     selection
         ``"random"`` (the paper) or ``"relevance"``: partners ranked by linear CKA of their
         representations on this batch (:func:`select_relevant_partners`), computed from the

@@ -25,12 +25,18 @@ from fedmuscle_flwr.loss._checks import (
 from fedmuscle_flwr.loss.muscle import _log_partner_weights, pairwise_log_alpha
 
 __all__ = [
+    "DEFAULT_MAX_DENSE_BYTES",
     "build_dense_payload",
     "dense_muscle_loss",
     "dense_payload_bytes",
     "dense_payload_numel",
     "factored_payload_numel",
 ]
+
+
+#: A memory guard, not a transport limit: dense payloads above 2 GiB are refused unless a
+#: caller raises ``max_bytes`` (the paper's B=32, M=5 would need 103 GB).
+DEFAULT_MAX_DENSE_BYTES = 2**31
 
 
 def dense_payload_numel(batch: int, num_others: int, dim: int) -> int:
@@ -53,7 +59,7 @@ def build_dense_payload(
     *,
     tau_alpha: float,
     log_alpha_pairs: Tensor | None = None,
-    max_bytes: int | None = None,
+    max_bytes: int | None = DEFAULT_MAX_DENSE_BYTES,
 ) -> tuple[Tensor, Tensor]:
     """Build S_n[j] = sum_k Z_k[j_k] and log alpha_n[j] = sum_{k<l} A_kl[j_k, j_l].
 
@@ -65,7 +71,8 @@ def build_dense_payload(
     ------
     ValueError
         If the payload would exceed ``max_bytes`` (checked before allocating; None: no
-        limit. Over the wire, :data:`fedmuscle_flwr.wire.GRPC_MAX_MESSAGE_BYTES`).
+        limit). Over the wire the strategy passes the transport's limit,
+        :data:`fedmuscle_flwr.wire.GRPC_MAX_MESSAGE_BYTES`.
     """
     stacked = torch.stack(list(others)) if not isinstance(others, Tensor) else others
     if stacked.ndim != 3 or stacked.shape[0] == 0:
