@@ -63,14 +63,14 @@ class ConfigError(ValueError):
 class RunConfig:
     """Everything a FedMuscle run is configured with (run-config keys in kebab-case)."""
 
-    num_server_rounds: int = 10
+    num_server_rounds: int = 20
     algorithm: str = "muscle"
     num_partners: int = 3  # M
     public_batch_size: int = 32  # B
     embed_dim: int = 128  # d, the shared representation dimension
     tau: float = 0.1
     tau_alpha: float = 0.1
-    contrastive_weight: float = 1.0  # lambda
+    contrastive_weight: float = 0.03  # lambda
     contrastive_steps: int = 1
     local_steps: int = 10
     batch_size: int = 32
@@ -96,11 +96,11 @@ class RunConfig:
     contrastive_order: str = "before"  # before | after the supervised steps of a round
     public_norm: str = "train"  # train | frozen: norm statistics while encoding public data
     optimizer_state: str = "shared"  # shared | separate AdamW state for the two objectives
-    validation_fraction: float = 0.0  # share of each user's train split held out (all algs)
+    validation_fraction: float = 0.15  # share of each user's train split held out (all algs)
     label_budget: int = 0  # labelled training examples per user; 0 = all of its share
-    gate: str = "off"  # off | validation: roll back contrastive steps that hurt validation
+    gate: str = "validation"  # off | validation: roll back contrastive steps that hurt validation
     gate_tolerance: float = 0.0  # relative rise of validation loss the gate accepts
-    partner_selection: str = "random"  # random | relevance (linear CKA on the public batch)
+    partner_selection: str = "relevance"  # random | relevance (linear CKA on the public batch)
     partner_exploration: float = 0.25  # relevance: chance that a partner slot is random
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ from tests.tiny import TINY_FEDERATION
 
 CONFIG = RunConfig(
     federation=TINY_FEDERATION, public_size=64, public_batch_size=8, embed_dim=16, local_steps=2,
-    batch_size=8, learning_rate=3e-3,
+    batch_size=8, learning_rate=3e-3, gate="off",
 )  # fmt: skip
 INDICES = list(range(8))
 
@@ -206,7 +206,7 @@ def test_warmup_and_ramp_schedule_lambda():
 
 def test_gate_needs_a_validation_split():
     with pytest.raises(ValueError, match="validation-fraction"):
-        RunConfig(gate="validation")
+        RunConfig(gate="validation", validation_fraction=0.0)
 
 
 def test_frozen_public_norm_leaves_batchnorm_statistics_alone():

@@ -102,6 +102,8 @@ def test_one_exchange_per_round_carries_payload_and_next_batch():
         tau_alpha=0.1,
         generator=torch.Generator().manual_seed(1),
         device="cpu",
+        selection=strategy.config.partner_selection,
+        exploration=strategy.config.partner_exploration,
     )
     for node, msg in second.items():
         instruction = wire.instruction_from_records(msg.content, public_size=50, dim=DIM)

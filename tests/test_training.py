@@ -18,7 +18,7 @@ from tests.tiny import TINY_FEDERATION
 
 CONFIG = RunConfig(
     federation=TINY_FEDERATION, public_size=64, public_batch_size=8, embed_dim=16, local_steps=2,
-    batch_size=8, learning_rate=3e-3,
+    batch_size=8, learning_rate=3e-3, gate="off",
 )  # fmt: skip
 INDICES = list(range(8))
 
