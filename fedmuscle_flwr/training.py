@@ -323,17 +323,8 @@ class Trainer:
 
     def _snapshot(self) -> dict[str, Any]:
         """Model and optimiser state to roll a contrastive update back to."""
-        return copy.deepcopy(
-            {
-                "model": self.model.state_for_checkpoint(),
-                "optimizer": self.optimizer.state_dict(),
-                "contrastive_optimizer": (
-                    None
-                    if self.contrastive_optimizer is None
-                    else self.contrastive_optimizer.state_dict()
-                ),
-            }
-        )
+        state = self.state_dict()
+        return copy.deepcopy({k: state[k] for k in ("model", "optimizer", "contrastive_optimizer")})
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
         self.model.load_checkpoint_state(snapshot["model"])

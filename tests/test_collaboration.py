@@ -271,22 +271,11 @@ NOISE_FEDERATION = """
 image-size = 32
 private-size = 240
 test-fraction = 0.25
-
-[[users]]
-id = "honest"
-model = "small-cnn"
-task = "image-classification"
-partition = "iid"
-[users.model-config]
-image_size = 32
-channels = [8, 16, 32, 32]
-stem_width = 8
-{noise}
 """
-NOISE_USER = """
+USER = """
 [[users]]
-id = "noise-{i}"
-model = "noise-cnn"
+id = "{id}"
+model = "{model}"
 task = "image-classification"
 partition = "iid"
 [users.model-config]
@@ -328,8 +317,9 @@ def test_a_user_whose_partners_are_noise_ends_no_worse_than_local(tmp_path):
     from server_app.inprocess import run_inprocess
 
     federation = tmp_path / "noise.toml"
-    noise = "".join(NOISE_USER.format(i=i) for i in range(3))
-    federation.write_text(NOISE_FEDERATION.format(noise=noise))
+    users = [USER.format(id="honest", model="small-cnn")]
+    users += [USER.format(id=f"noise-{i}", model="noise-cnn") for i in range(3)]
+    federation.write_text(NOISE_FEDERATION + "".join(users))
     base = {
         "federation": str(federation), "num-server-rounds": 6, "local-steps": 4,
         "public-size": 64, "public-batch-size": 16, "embed-dim": 16, "num-partners": 2,
