@@ -158,16 +158,28 @@ def run_sweep(
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(_run_one, plan[key], output_dir / key, threads): key for key in todo}
+        failed: dict[str, str] = {}
         for count, future in enumerate(as_completed(futures), start=1):
             key = futures[future]
-            runs[key] = future.result()
+            try:
+                runs[key] = future.result()
+            except RuntimeError as err:  # one bad run never stops the others
+                failed[key] = str(err)
             elapsed = time.perf_counter() - start
             eta = elapsed / count * (len(todo) - count)
+            status = "FAILED" if key in failed else "done"
             print(
-                f"  [{count}/{len(todo)}] {key} {toml_overrides(plan[key])}"
+                f"  [{count}/{len(todo)}] {status} {key} {toml_overrides(plan[key])}"
                 f" ({elapsed:.0f} s, about {eta:.0f} s left)",
                 flush=True,
             )
+    if failed:
+        details = "\n".join(f"  {key}: {reason}" for key, reason in failed.items())
+        raise SystemExit(
+            f"error: {len(failed)} of {len(todo)} runs failed (their logs are in "
+            f"{output_dir}/<run>/log.txt); the others are kept and reused on the next "
+            f"call:\n{details}"
+        )
     return {
         variant.name: {
             seed: (runs[cells[(variant.name, seed)][0]], runs[cells[(variant.name, seed)][1]])

@@ -68,3 +68,19 @@ def test_a_tiny_sweep_runs_and_reuses_its_runs(tmp_path, capsys):
     assert set(raw["variants"]) == {"paper", "small-lambda"}
     assert main(argv) == 0
     assert "3 runs, 3 reused, 0 to run" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_failing_run_is_named_and_the_others_are_kept(tmp_path, capsys):
+    argv = [
+        "--seeds", "0", "--jobs", "1", "--output-dir", str(tmp_path / "sweep"),
+        "--base", f'num-server-rounds=1 federation="{TINY_FEDERATION}" public-size=64 '
+        "public-batch-size=8 embed-dim=16 num-partners=2 local-steps=1 batch-size=8 "
+        "node-wait-timeout=1.0",
+        "--variant", "ok:",
+        "--variant", f'broken:federation="{tmp_path / "missing.toml"}"',
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match="2 of 4 runs failed"):
+        main(argv)
+    assert capsys.readouterr().out.count("FAILED") == 2
+    assert len(list((tmp_path / "sweep").glob("*/run-1/results.json"))) == 2
