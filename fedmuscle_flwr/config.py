@@ -124,7 +124,7 @@ class RunConfig:
             )
         if not (math.isfinite(self.gate_tolerance) and self.gate_tolerance >= 0):
             raise ConfigError(f"gate-tolerance must be >= 0, got {self.gate_tolerance!r}")
-        if self.gate != "off" and self.validation_fraction == 0:
+        if self.gate != "off" and self.validation_fraction == 0 and self.collaborative:
             raise ConfigError(
                 f"gate={self.gate!r} needs a validation split: set validation-fraction > 0 "
                 "(e.g. 0.15)"

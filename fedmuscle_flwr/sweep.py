@@ -141,8 +141,9 @@ def run_sweep(
     for variant in variants:
         for seed in seeds:
             ours = dict(base) | variant.overrides | {"seed": seed}
-            RunConfig.from_run_config(ours)  # a bad value stops the sweep before any run
             local = local_overrides(ours)
+            for overrides in (ours, local):  # a bad value stops the sweep before any run
+                RunConfig.from_run_config(overrides)
             plan[_run_key(ours)] = ours
             plan[_run_key(local)] = local
             cells[(variant.name, seed)] = (_run_key(ours), _run_key(local))

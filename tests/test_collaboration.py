@@ -207,6 +207,7 @@ def test_warmup_and_ramp_schedule_lambda():
 def test_gate_needs_a_validation_split():
     with pytest.raises(ValueError, match="validation-fraction"):
         RunConfig(gate="validation", validation_fraction=0.0)
+    RunConfig(algorithm="local", gate="validation", validation_fraction=0.0)  # nothing to gate
 
 
 def test_frozen_public_norm_leaves_batchnorm_statistics_alone():
