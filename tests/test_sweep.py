@@ -52,15 +52,20 @@ def test_table_rows_compare_each_variant_with_its_local_run():
     assert raw["variants"]["v"]["per_user"]["a"] == pytest.approx([20.0, -20.0])
 
 
+def tiny_sweep(tmp_path, *variants: str, rounds: int = 2, jobs: int = 2) -> list[str]:
+    """Command-line arguments of a sweep of the tiny federation."""
+    base = (
+        f'num-server-rounds={rounds} federation="{TINY_FEDERATION}" public-size=64 '
+        "public-batch-size=8 embed-dim=16 num-partners=2 local-steps=1 batch-size=8 "
+        "node-wait-timeout=1.0"
+    )
+    argv = ["--seeds", "0", "--jobs", str(jobs), "--output-dir", str(tmp_path / "sweep")]
+    return [*argv, "--base", base, *(f"--variant={v}" for v in variants)]
+
+
 @pytest.mark.usefixtures("flower_task_identity")
 def test_a_tiny_sweep_runs_and_reuses_its_runs(tmp_path, capsys):
-    argv = [
-        "--seeds", "0", "--jobs", "2", "--output-dir", str(tmp_path / "sweep"),
-        "--base", f'num-server-rounds=2 federation="{TINY_FEDERATION}" public-size=64 '
-        "public-batch-size=8 embed-dim=16 num-partners=2 local-steps=1 batch-size=8 "
-        "node-wait-timeout=1.0",
-        "--variant", "paper:", "--variant", "small-lambda:contrastive-weight=0.1",
-    ]  # fmt: skip
+    argv = tiny_sweep(tmp_path, "paper:", "small-lambda:contrastive-weight=0.1")
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "3 runs, 0 reused, 3 to run" in out  # one local baseline shared by both variants
@@ -72,14 +77,8 @@ def test_a_tiny_sweep_runs_and_reuses_its_runs(tmp_path, capsys):
 
 @pytest.mark.usefixtures("flower_task_identity")
 def test_a_failing_run_is_named_and_the_others_are_kept(tmp_path, capsys):
-    argv = [
-        "--seeds", "0", "--jobs", "1", "--output-dir", str(tmp_path / "sweep"),
-        "--base", f'num-server-rounds=1 federation="{TINY_FEDERATION}" public-size=64 '
-        "public-batch-size=8 embed-dim=16 num-partners=2 local-steps=1 batch-size=8 "
-        "node-wait-timeout=1.0",
-        "--variant", "ok:",
-        "--variant", f'broken:federation="{tmp_path / "missing.toml"}"',
-    ]  # fmt: skip
+    missing = tmp_path / "missing.toml"
+    argv = tiny_sweep(tmp_path, "ok:", f'broken:federation="{missing}"', rounds=1, jobs=1)
     with pytest.raises(SystemExit, match="2 of 4 runs failed"):
         main(argv)
     assert capsys.readouterr().out.count("FAILED") == 2
