@@ -19,11 +19,11 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["PluginWarning", "Registry", "UnknownNameError"]
+__all__ = ["PluginWarning", "Registry", "UnknownNameError", "named_instance_of"]
 
 
 class UnknownNameError(KeyError):
@@ -39,6 +39,31 @@ class UnknownNameError(KeyError):
 
 class PluginWarning(UserWarning):
     """An entry-point plug-in could not be loaded or registered and was left out."""
+
+
+def named_instance_of(base: type, kind: str) -> Callable[[str, object], Any]:
+    """A ``coerce`` for registries of named objects (tasks, algorithms).
+
+    It takes a ``base`` subclass (built with no arguments) or instance, refuses anything
+    else with a ``TypeError``, refuses an object whose ``name`` is set to another name,
+    and sets ``name`` to the registered one.
+    """
+
+    def coerce(name: str, obj: object) -> Any:
+        value: Any = obj() if isinstance(obj, type) and issubclass(obj, base) else obj
+        if not isinstance(value, base):
+            raise TypeError(
+                f"{kind} {name!r} must be a {base.__name__} subclass or instance, "
+                f"got {type(obj).__name__}"
+            )
+        own = getattr(value, "name", "")
+        if own and own != name:
+            raise ValueError(f"{kind} object is named {own!r} but registered as {name!r}")
+        named: Any = value  # a Task or Algorithm: both carry ``name``
+        named.name = name
+        return named
+
+    return coerce
 
 
 class Registry(Generic[T]):

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from torch import Tensor
 
-from fedmuscle_flwr._registry import Registry
+from fedmuscle_flwr._registry import Registry, named_instance_of
 from fedmuscle_flwr.loss import MuscleObjective, dense_muscle_loss, ensemble_loss, pairwise_loss
 from fedmuscle_flwr.payload import UserPayload
 
@@ -77,18 +77,9 @@ class Algorithm:
 AlgorithmT = TypeVar("AlgorithmT", bound="type[Algorithm] | Algorithm")
 
 
-def _coerce_algorithm(name: str, obj: object) -> Algorithm:
-    algorithm = obj() if isinstance(obj, type) and issubclass(obj, Algorithm) else obj
-    if not isinstance(algorithm, Algorithm):
-        raise TypeError(
-            f"algorithm {name!r} must be an Algorithm subclass or instance, "
-            f"got {type(obj).__name__}"
-        )
-    algorithm.name = name
-    return algorithm
-
-
-ALGORITHMS: Registry[Algorithm] = Registry("algorithm", ENTRY_POINT_GROUP, _coerce_algorithm)
+ALGORITHMS: Registry[Algorithm] = Registry(
+    "algorithm", ENTRY_POINT_GROUP, named_instance_of(Algorithm, "algorithm")
+)
 
 
 def register_algorithm(name: str, *, exist_ok: bool = False) -> Callable[[AlgorithmT], AlgorithmT]:

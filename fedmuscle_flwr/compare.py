@@ -17,22 +17,20 @@ each as mean +- std over seeds. It is written into a section of ``docs/results.m
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
-import shlex
 import statistics
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from fedmuscle_flwr.launch import exit_on_sigterm
+from fedmuscle_flwr.launch import exit_on_sigterm, parse_toml_overrides
 from fedmuscle_flwr.plots import plot_learning_curves
 from fedmuscle_flwr.results import (
     RunResults,
     delta_table,
+    finished_run,
     write_json_atomic,
     write_markdown_section,
 )
@@ -73,7 +71,7 @@ def compare(
     runs: dict[int, dict[str, RunResults]] = {}
     for seed in seeds:
         for name, column in columns.items():
-            finished = _finished_run(output_dir / f"seed{seed}-{name}")
+            finished = finished_run(output_dir / f"seed{seed}-{name}")
             if finished is not None:
                 print(f"== seed {seed}, {name}: finished before, reused")
                 runs.setdefault(seed, {})[name] = finished
@@ -89,15 +87,6 @@ def compare(
     return runs
 
 
-def _finished_run(directory: Path) -> RunResults | None:
-    """The newest complete run under ``directory`` (``run-*/results.json``), if any."""
-    for path in sorted(directory.glob("run-*/results.json"), key=lambda p: p.stat().st_mtime)[::-1]:
-        results = RunResults.from_dict(json.loads(path.read_text()))
-        if results.complete:
-            return results
-    return None
-
-
 def load_runs(directory: Path) -> dict[int, dict[str, RunResults]]:
     """Read back the complete runs of a comparison (``seed<S>-<column>/run-*/``).
 
@@ -107,7 +96,7 @@ def load_runs(directory: Path) -> dict[int, dict[str, RunResults]]:
     runs: dict[int, dict[str, RunResults]] = {}
     for cell in sorted(directory.glob("seed*-*")):
         seed_text, name = cell.name.removeprefix("seed").split("-", 1)
-        finished = _finished_run(cell)
+        finished = finished_run(cell)
         if finished is not None:
             runs.setdefault(int(seed_text), {})[name] = finished
     names = set().union(*(set(by) for by in runs.values())) if runs else set()
@@ -215,16 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides["num-server-rounds"] = args.rounds
     if args.federation:
         overrides["federation"] = args.federation
-    for token in shlex.split(args.run_config or "", posix=False):
-        overrides |= tomllib.loads(token)
+    overrides |= parse_toml_overrides(args.run_config or "")
     columns = dict(BUILTIN_COLUMNS)
     for text in args.variant:
         name, sep, values = text.partition(":")
         if not sep or not re.fullmatch(r"[A-Za-z0-9+._-]+", name) or name in columns:
             parser.error(f"--variant needs a new NAME of [A-Za-z0-9+._-] then ':', got {text!r}")
-        columns[name] = {}
-        for token in shlex.split(values, posix=False):
-            columns[name] |= tomllib.loads(token)
+        columns[name] = parse_toml_overrides(values)
     if args.summarise is not None:
         runs = load_runs(args.summarise)
         if not runs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ __all__ = [
     "LaunchError",
     "exit_on_sigterm",
     "find_results",
+    "parse_toml_overrides",
     "processes_using_home",
     "run_simulation",
     "toml_overrides",
@@ -35,6 +38,23 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 class LaunchError(RuntimeError):
     """``flwr run`` failed or produced no results."""
+
+
+def parse_toml_overrides(text: str) -> dict[str, Any]:
+    """``'a=1 b="x"'`` -> ``{"a": 1, "b": "x"}``: run-config overrides as the CLIs take them.
+
+    Raises
+    ------
+    ValueError
+        Naming the piece that is not a TOML ``key=value``.
+    """
+    values: dict[str, Any] = {}
+    for token in shlex.split(text, posix=False):
+        try:
+            values |= tomllib.loads(token)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"cannot read override {token!r} as TOML key=value ({err})") from err
+    return values
 
 
 def toml_overrides(values: Mapping[str, Any]) -> str:

@@ -27,7 +27,9 @@ __all__ = [
     "RunResults",
     "UserInfo",
     "delta_table",
+    "finished_run",
     "human_bytes",
+    "relative_changes",
     "write_json_atomic",
 ]
 
@@ -164,6 +166,31 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def relative_changes(local: RunResults, run: RunResults) -> dict[str, float]:
+    """Each user's (m - m_local) / m_local * 100 on its final primary metric.
+
+    Users missing from either run, or with a local metric of 0, are left out.
+    """
+    changes: dict[str, float] = {}
+    local_final = local.final
+    for user_id, metrics in run.final.items():
+        ours = run.primary(user_id, metrics)
+        base = local.primary(user_id, local_final.get(user_id, {}))
+        if ours is None or base is None or base == 0 or not math.isfinite(base):
+            continue
+        changes[user_id] = (ours - base) / base * 100
+    return changes
+
+
+def finished_run(directory: Path) -> RunResults | None:
+    """The newest complete run under ``directory`` (``run-*/results.json``), if any."""
+    for path in sorted(directory.glob("run-*/results.json"), key=lambda p: p.stat().st_mtime)[::-1]:
+        results = RunResults.from_dict(json.loads(path.read_text()))
+        if results.complete:
+            return results
+    return None
+
+
 def delta_table(local: RunResults, others: dict[str, RunResults]) -> dict[str, dict[str, float]]:
     """Delta of ALGORITHM.md against ``local``, plus the worst user and the share that improved.
 
@@ -173,16 +200,9 @@ def delta_table(local: RunResults, others: dict[str, RunResults]) -> dict[str, d
     with a local metric of 0, are left out and counted in ``skipped``.
     """
     table: dict[str, dict[str, float]] = {}
-    local_final = local.final
     for name, run in others.items():
-        changes, skipped = [], 0
-        for user_id, metrics in run.final.items():
-            ours = run.primary(user_id, metrics)
-            base = local.primary(user_id, local_final.get(user_id, {}))
-            if ours is None or base is None or base == 0 or not math.isfinite(base):
-                skipped += 1
-                continue
-            changes.append((ours - base) / base * 100)
+        changes = list(relative_changes(local, run).values())
+        skipped = len(run.final) - len(changes)
         table[name] = {
             "delta": statistics.fmean(changes) if changes else math.nan,
             "worst": min(changes) if changes else math.nan,

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from fedmuscle_flwr.algorithms import list_algorithms
 from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.federation import load_federation
-from fedmuscle_flwr.launch import LaunchError, exit_on_sigterm, run_simulation
+from fedmuscle_flwr.launch import (
+    LaunchError,
+    exit_on_sigterm,
+    parse_toml_overrides,
+    run_simulation,
+)
 from fedmuscle_flwr.results import RunResults
 
 __all__ = ["main", "simulate"]
@@ -43,8 +46,7 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line options -> run-config overrides."""
     overrides: dict[str, Any] = {}
     if args.run_config:
-        for token in shlex.split(args.run_config, posix=False):
-            overrides |= tomllib.loads(token)
+        overrides |= parse_toml_overrides(args.run_config)
     for key in ("algorithm", "dataset", "seed", "federation"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)

@@ -35,8 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from fedmuscle_flwr.config import COLLABORATION_KEYS, RunConfig
-from fedmuscle_flwr.launch import toml_overrides
-from fedmuscle_flwr.results import RunResults, delta_table, write_json_atomic
+from fedmuscle_flwr.launch import parse_toml_overrides, toml_overrides
+from fedmuscle_flwr.results import (
+    RunResults,
+    delta_table,
+    finished_run,
+    relative_changes,
+    write_json_atomic,
+)
 
 __all__ = ["Variant", "local_overrides", "parse_variants", "run_sweep", "sweep_table"]
 
@@ -48,20 +54,12 @@ class Variant:
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def algorithm(self) -> str:
-        """The variant's algorithm (default: the run config's)."""
-        return str(self.overrides.get("algorithm", RunConfig.algorithm))
-
 
 def _parse_overrides(text: str) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for token in shlex.split(text, posix=False):
-        try:
-            values |= tomllib.loads(token)
-        except tomllib.TOMLDecodeError as err:
-            raise SystemExit(f"error: cannot read override {token!r} as TOML ({err})") from err
-    return values
+    try:
+        return parse_toml_overrides(text)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 def parse_variants(variants: Sequence[str], grids: Sequence[str]) -> list[Variant]:
@@ -97,14 +95,6 @@ def _run_key(overrides: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _complete(directory: Path) -> RunResults | None:
-    path = directory / "run-1" / "results.json"
-    if not path.exists():
-        return None
-    results = RunResults.from_dict(json.loads(path.read_text()))
-    return results if results.complete else None
-
-
 def _run_one(overrides: dict[str, Any], directory: Path, threads: int) -> RunResults:
     """One in-process run in its own process; its log goes to ``directory/log.txt``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -116,7 +106,7 @@ def _run_one(overrides: dict[str, Any], directory: Path, threads: int) -> RunRes
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "FLWR_TELEMETRY_ENABLED": "0"}
     with open(directory / "log.txt", "wb") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    results = _complete(directory)
+    results = finished_run(directory)
     if code != 0 or results is None:
         tail = (directory / "log.txt").read_text(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"run {directory} failed (exit {code}): {' | '.join(tail)}")
@@ -150,7 +140,7 @@ def run_sweep(
     runs: dict[str, RunResults] = {}
     todo = []
     for key in plan:
-        done = _complete(output_dir / key)
+        done = finished_run(output_dir / key)
         if done is not None:
             runs[key] = done
         else:
@@ -227,11 +217,8 @@ def sweep_table(
                 rows[key].append(row[key])
             rows["metric"].append(_mean_metric(ours))
             rows["local"].append(_mean_metric(local))
-            for user_id, metrics in ours.final.items():
-                mine = ours.primary(user_id, metrics)
-                theirs = local.primary(user_id, local.final.get(user_id, {}))
-                if mine is not None and theirs:
-                    per_user.setdefault(user_id, []).append((mine - theirs) / theirs * 100)
+            for user_id, change in relative_changes(local, ours).items():
+                per_user.setdefault(user_id, []).append(change)
         raw["variants"][variant.name] = {
             "overrides": variant.overrides,
             "seeds": sorted(per_seed),

@@ -16,9 +16,7 @@ one module of the apps that imports both: it exists to drive them together.
 from __future__ import annotations
 
 import argparse
-import shlex
 import tempfile
-import tomllib
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +27,8 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
+
+from fedmuscle_flwr.launch import parse_toml_overrides
 
 __all__ = ["InProcessGrid", "main", "run_inprocess"]
 
@@ -133,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for token in shlex.split(args.run_config, posix=False):
-        overrides |= tomllib.loads(token)
+    overrides = parse_toml_overrides(args.run_config)
     if args.threads:
         import torch
 

@@ -211,7 +211,7 @@ class FedMuscleStrategy(Strategy):
                 logger.warning("round %d: ignoring an unsolicited or duplicate reply", server_round)
                 continue
             seen.add(node)
-            name = self._node_user.get(node, f"node-{node}")
+            name = self._user_name(node)
             if reply.has_error():
                 lines = (reply.error.reason or "").strip().splitlines()  # a traceback: keep its end
                 self._fail(
@@ -238,11 +238,9 @@ class FedMuscleStrategy(Strategy):
             record.uplink_bytes[name] = wire.record_nbytes(reply.content)
             record.downlink_bytes[name] = state.downlink[node]
         for node in sorted(set(state.messages) - seen):
-            self._fail(
-                record, self._node_user.get(node, f"node-{node}"), "no reply before the timeout"
-            )
+            self._fail(record, self._user_name(node), "no reply before the timeout")
         for node in seen - set(representations):
-            name = self._node_user.get(node, f"node-{node}")
+            name = self._user_name(node)
             record.downlink_bytes.setdefault(name, state.downlink[node])
         return representations
 

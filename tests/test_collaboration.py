@@ -225,9 +225,8 @@ def test_frozen_public_norm_leaves_batchnorm_statistics_alone():
         after = {k: v for k, v in trainer.model.state_dict().items() if "running" in k}
         return {k: after[k] - before[k] for k in before}
 
-    assert running_stats("frozen") and all(
-        torch.count_nonzero(d) == 0 for d in running_stats("frozen").values()
-    )
+    frozen = running_stats("frozen")
+    assert frozen and all(torch.count_nonzero(d) == 0 for d in frozen.values())
     assert any(torch.count_nonzero(d) > 0 for d in running_stats("train").values())
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from fedmuscle_flwr._registry import Registry
+from fedmuscle_flwr._registry import Registry, named_instance_of
 from fedmuscle_flwr.tasks.base import Task
 
 __all__ = ["ENTRY_POINT_GROUP", "TASKS", "get_task", "list_tasks", "register_task"]
@@ -21,19 +21,7 @@ ENTRY_POINT_GROUP = "fedmuscle.tasks"
 TaskT = TypeVar("TaskT", bound="type[Task] | Task")
 
 
-def _coerce_task(name: str, obj: object) -> Task:
-    task = obj() if isinstance(obj, type) and issubclass(obj, Task) else obj
-    if not isinstance(task, Task):
-        raise TypeError(
-            f"task {name!r} must be a Task subclass or instance, got {type(obj).__name__}"
-        )
-    if task.name and task.name != name:
-        raise ValueError(f"task object is named {task.name!r} but registered as {name!r}")
-    task.name = name
-    return task
-
-
-TASKS: Registry[Task] = Registry("task", ENTRY_POINT_GROUP, _coerce_task)
+TASKS: Registry[Task] = Registry("task", ENTRY_POINT_GROUP, named_instance_of(Task, "task"))
 
 
 def register_task(name: str, *, exist_ok: bool = False) -> Callable[[TaskT], TaskT]:
