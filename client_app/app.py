@@ -13,7 +13,7 @@ import time
 import zlib
 from pathlib import Path
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.state import StateStore, default_state_root
@@ -70,24 +70,8 @@ def train(msg: Message, context: Context) -> Message:
     instruction = wire.instruction_from_records(
         msg.content, public_size=config.public_size, dim=config.embed_dim
     )
-    metrics: dict[str, float] = {}
-    payload, contrast_indices = instruction.payload, instruction.contrast_indices
-    if config.contrastive_order == "after":
-        metrics["train-loss"] = trainer.supervised_update()
-    if payload is not None and contrast_indices is not None:
-        metrics |= trainer.contrastive_update(
-            contrast_indices, payload, weight=config.lambda_at(instruction.round_id)
-        )
-    if config.contrastive_order == "before":
-        metrics["train-loss"] = trainer.supervised_update()
-    metrics |= trainer.evaluate()
-    representation = None
-    if instruction.next_indices is not None:
-        representation = wire.representation_to_records(
-            trainer.represent(instruction.next_indices),
-            round_id=instruction.round_id + 1,
-            digest=wire.batch_digest(instruction.next_indices),
-        )
+    with trainer.random_state():
+        metrics, representation = _round_work(trainer, instruction, config)
     trainer.rounds_done += 1
     store.save(trainer)
     metrics["client-seconds"] = time.perf_counter() - start
@@ -99,3 +83,23 @@ def train(msg: Message, context: Context) -> Message:
     }
     content = wire.reply_to_records(metrics=metrics, user=user, representation=representation)
     return Message(content, reply_to=msg)
+
+
+def _round_work(
+    trainer: Trainer, instruction: wire.Instruction, config: RunConfig
+) -> tuple[dict[str, float], RecordDict | None]:
+    """The round's contrastive and supervised steps, evaluation and next Z (as records)."""
+    metrics = trainer.train_round(
+        instruction.contrast_indices,
+        instruction.payload,
+        weight=config.lambda_at(instruction.round_id),
+    )
+    metrics |= trainer.evaluate()
+    representation = None
+    if instruction.next_indices is not None:
+        representation = wire.representation_to_records(
+            trainer.represent(instruction.next_indices),
+            round_id=instruction.round_id + 1,
+            digest=wire.batch_digest(instruction.next_indices),
+        )
+    return metrics, representation

@@ -28,7 +28,7 @@ __all__ = [
 PAYLOAD_FORMS = ("factored", "dense")
 CONTRASTIVE_ORDERS = ("before", "after")  # contrastive steps before or after supervised ones
 PUBLIC_NORMS = ("train", "frozen")  # norm layers on the public batch: batch stats, or frozen
-GATES = ("off", "validation")
+GATES = ("off", "validation", "paired")
 PARTNER_SELECTIONS = ("random", "relevance")
 OPTIMIZER_STATES = ("shared", "separate")
 #: Keys that change nothing when ``algorithm = "local"`` (a local baseline ignores them).
@@ -98,7 +98,7 @@ class RunConfig:
     optimizer_state: str = "shared"  # shared | separate AdamW state for the two objectives
     validation_fraction: float = 0.15  # share of each user's train split held out (all algs)
     label_budget: int = 0  # labelled training examples per user; 0 = all of its share
-    gate: str = "validation"  # off | validation: roll back contrastive steps that hurt validation
+    gate: str = "validation"  # off | validation | paired: keep contrastive steps that help
     gate_tolerance: float = 0.0  # relative rise of validation loss the gate accepts
     partner_selection: str = "relevance"  # random | relevance (linear CKA on the public batch)
     partner_exploration: float = 0.25  # relevance: chance that a partner slot is random

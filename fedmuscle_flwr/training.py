@@ -154,10 +154,94 @@ class Trainer:
                 lr=settings.learning_rate,
             )
         self.generator = torch.Generator().manual_seed(seed)
+        # The user's own state of torch's global generators (dropout, and any other op that
+        # draws from them): a round's work runs under it (:meth:`random_state`), so it never
+        # depends on which users a process served before.
+        self.rng_seed = seed + 1
+        self.rng_state: dict[str, Any] = {
+            "cpu": torch.Generator().manual_seed(self.rng_seed).get_state(),
+            "cuda": None,
+        }
         self.rounds_done = 0
         self.gate_scale = 1.0  # the validation gate's multiplier of lambda
 
     # ------------------------------------------------------------------ round steps
+
+    @contextlib.contextmanager
+    def random_state(self) -> Iterator[None]:
+        """Run the enclosed work on this user's own global RNG state, then keep its new state.
+
+        The process's generators are restored afterwards, so two users served by one process
+        (a simulation worker) never share a random stream.
+        """
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index or 0] if cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.rng_state["cpu"])
+            if cuda:
+                if self.rng_state["cuda"] is None:
+                    torch.cuda.manual_seed(self.rng_seed)
+                else:
+                    torch.cuda.set_rng_state(self.rng_state["cuda"], self.device)
+            try:
+                yield
+            finally:
+                self.rng_state = {
+                    "cpu": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+                }
+
+    def train_round(
+        self,
+        indices: Sequence[int] | None,
+        payload: UserPayload | None,
+        *,
+        weight: float | None = None,
+    ) -> dict[str, float]:
+        """One round's contrastive update (given a payload) and supervised steps.
+
+        They run in ``contrastive_order``; returns ``train-loss`` and the contrastive metrics.
+
+        With ``gate = "paired"`` (*beyond the paper*) the round is also run without its
+        contrastive update, from the same state and on the same minibatches; the user keeps
+        whichever of the two ends with the lower validation loss (within ``gate-tolerance``
+        in favour of the contrastive one), so a contrastive update is judged after the task
+        has had its steps on it, not before.
+        """
+        if payload is None or indices is None:
+            return {"train-loss": self.supervised_update()}
+        if self.settings.gate != "paired" or self.data.validation is None:
+            return self._round_steps(indices, payload, weight)
+        start = self._snapshot(full=True)
+        alone = {"train-loss": self.supervised_update()}
+        alone_loss = self.validation_loss()
+        alone_state = self._snapshot(full=True)
+        self._restore(start)
+        result = self._round_steps(indices, payload, weight)
+        joined_loss = self.validation_loss()
+        kept, scale = gate_decision(
+            alone_loss, joined_loss, scale=self.gate_scale, tolerance=self.settings.gate_tolerance
+        )
+        if not kept:
+            self._restore(alone_state)
+            result["train-loss"] = alone["train-loss"]
+        self.gate_scale = scale
+        return result | {
+            "gate-kept": float(kept),
+            "validation-loss-alone": alone_loss,
+            "validation-loss-joined": joined_loss,
+        }
+
+    def _round_steps(
+        self, indices: Sequence[int], payload: UserPayload, weight: float | None
+    ) -> dict[str, float]:
+        result: dict[str, float] = {}
+        if self.settings.contrastive_order == "after":
+            result["train-loss"] = self.supervised_update()
+        result |= self.contrastive_update(indices, payload, weight=weight)
+        if self.settings.contrastive_order == "before":
+            result["train-loss"] = self.supervised_update()
+        return result
 
     def supervised_update(self) -> float:
         """``local_steps`` optimiser steps on the task loss; returns the mean loss."""
@@ -276,7 +360,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: model, optimiser, batch order, rounds."""
+        """Everything needed to continue exactly: model, optimiser, random state, rounds."""
         return {
             "model": self.model.state_for_checkpoint(),
             "optimizer": self.optimizer.state_dict(),
@@ -286,6 +370,7 @@ class Trainer:
                 else self.contrastive_optimizer.state_dict()
             ),
             "generator": self.generator.get_state(),
+            "rng_state": dict(self.rng_state),
             "rounds_done": self.rounds_done,
             "gate_scale": self.gate_scale,
         }
@@ -297,6 +382,8 @@ class Trainer:
         if self.contrastive_optimizer is not None and state.get("contrastive_optimizer"):
             self.contrastive_optimizer.load_state_dict(state["contrastive_optimizer"])
         self.generator.set_state(state["generator"])
+        if "rng_state" in state:
+            self.rng_state = dict(state["rng_state"])
         self.rounds_done = int(state["rounds_done"])
         self.gate_scale = float(state.get("gate_scale", 1.0))
 
@@ -321,16 +408,32 @@ class Trainer:
         loss.backward()
         optimizer.step()
 
-    def _snapshot(self) -> dict[str, Any]:
-        """Model and optimiser state to roll a contrastive update back to."""
+    def _snapshot(self, *, full: bool = False) -> dict[str, Any]:
+        """Model and optimiser state to roll an update back to.
+
+        ``full`` adds the batch order, the random state and the gate's scale, to replay a
+        round exactly.
+        """
         state = self.state_dict()
-        return copy.deepcopy({k: state[k] for k in ("model", "optimizer", "contrastive_optimizer")})
+        keys = ["model", "optimizer", "contrastive_optimizer"]
+        if full:
+            state["rng_state"] = {"cpu": torch.get_rng_state(), "cuda": None}
+            if self.device.type == "cuda":
+                state["rng_state"]["cuda"] = torch.cuda.get_rng_state(self.device)
+            keys += ["generator", "rng_state", "gate_scale"]
+        return copy.deepcopy({k: state[k] for k in keys})
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
         self.model.load_checkpoint_state(snapshot["model"])
         self.optimizer.load_state_dict(snapshot["optimizer"])
         if self.contrastive_optimizer is not None:
             self.contrastive_optimizer.load_state_dict(snapshot["contrastive_optimizer"])
+        if "generator" in snapshot:
+            self.generator.set_state(snapshot["generator"])
+            torch.set_rng_state(snapshot["rng_state"]["cpu"])
+            if snapshot["rng_state"]["cuda"] is not None:
+                torch.cuda.set_rng_state(snapshot["rng_state"]["cuda"], self.device)
+            self.gate_scale = snapshot["gate_scale"]
 
     def _public_norm(self) -> contextlib.AbstractContextManager[Any]:
         """``public-norm = "frozen"``: norm layers use (and keep) their running statistics."""

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -270,8 +270,11 @@ class FedMuscleStrategy(Strategy):
                 server_round, len(representations), self.config.quorum,
             )  # fmt: skip
             return {}
-        return build_payloads(
-            representations,
+        # Users, not node ids, fix the order of the Gram and of the partner draws, so a run
+        # does not depend on which node ids a launch handed out.
+        order = sorted(representations, key=lambda node: (self._user_name(node), node))
+        payloads = build_payloads(
+            {rank: representations[node] for rank, node in enumerate(order)},
             num_partners=self.config.num_partners,
             tau_alpha=self.config.tau_alpha,
             generator=self._partner_rng,
@@ -281,6 +284,10 @@ class FedMuscleStrategy(Strategy):
             selection=self.config.partner_selection,
             exploration=self.config.partner_exploration,
         )
+        return {
+            order[rank]: replace(payload, partner_ids=tuple(order[p] for p in payload.partner_ids))
+            for rank, payload in payloads.items()
+        }
 
     def _aggregate_metrics(self, record: RoundRecord) -> MetricRecord:
         """Mean primary metric per task, for Flower's own history."""

@@ -193,6 +193,47 @@ def test_gate_rolls_back_an_update_that_hurts_validation(monkeypatch, harm):
     )
 
 
+@pytest.mark.parametrize("joined_better", [True, False])
+def test_paired_gate_keeps_the_better_of_the_round_with_and_without_contrast(
+    monkeypatch, joined_better
+):
+    profile = load_federation(TINY_FEDERATION).users[3]  # BERT: dropout draws too
+    config = dataclasses.replace(
+        CONFIG, algorithm="pairwise", validation_fraction=0.25, gate="paired",
+        contrastive_steps=3,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(9)
+    noise = {n: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for n in range(3)}
+    payload = build_payloads(noise, num_partners=2, tau_alpha=0.5, generator=g, device="cpu")[0]
+
+    def trained_once():
+        trainer = build_trainer(config, profile, TINY_FEDERATION)
+        with trainer.random_state():
+            trainer.supervised_update()
+        return trainer
+
+    gated, alone, joined = trained_once(), trained_once(), trained_once()
+    with alone.random_state():  # the round without its contrastive update
+        alone.supervised_update()
+    with joined.random_state():  # the round with it, ungated
+        joined.contrastive_update(INDICES, payload)
+        joined.supervised_update()
+    losses = iter([1.0, 0.5 if joined_better else 2.0])  # validation: alone, then joined
+    monkeypatch.setattr(gated, "validation_loss", lambda: next(losses))
+    with gated.random_state():
+        result = gated.train_round(INDICES, payload)
+
+    expected = joined if joined_better else alone
+    assert result["gate-kept"] == float(joined_better)
+    assert torch.equal(gated.represent(INDICES), expected.represent(INDICES))
+    got, want = gated.state_dict(), expected.state_dict()
+    assert torch.equal(got["generator"], want["generator"])  # same batch order from here on
+    assert torch.equal(got["rng_state"]["cpu"], want["rng_state"]["cpu"])
+    assert got["optimizer"]["state"][0]["step"] == want["optimizer"]["state"][0]["step"]
+    assert gated.gate_scale == (1.0 if joined_better else 0.5)
+    assert not torch.equal(alone.represent(INDICES), joined.represent(INDICES))
+
+
 # ---------------------------------------------------------------- schedule and knobs
 
 
@@ -310,7 +351,8 @@ def noise_model_type():
 
 
 @pytest.mark.usefixtures("noise_model_type", "flower_task_identity")
-def test_a_user_whose_partners_are_noise_ends_no_worse_than_local(tmp_path):
+@pytest.mark.parametrize("gate", ["validation", "paired"])
+def test_a_user_whose_partners_are_noise_ends_no_worse_than_local(tmp_path, gate):
     import json
 
     from fedmuscle_flwr.results import RunResults
@@ -334,7 +376,7 @@ def test_a_user_whose_partners_are_noise_ends_no_worse_than_local(tmp_path):
         return results.final["honest"]["accuracy"], results
 
     local, _ = honest("local", algorithm="local")
-    gated, results = honest("gated", algorithm="muscle", gate="validation")
+    gated, results = honest("gated", algorithm="muscle", gate=gate)
     lambdas = [r.metrics["honest"].get("lambda") for r in results.rounds[1:]]
     kept = [r.metrics["honest"].get("gate-kept") for r in results.rounds[1:]]
     assert not any(r.failed for r in results.rounds)

@@ -66,3 +66,38 @@ def test_amp_and_zero_contrastive_weight():
     before = trainer.represent(INDICES)
     assert trainer.contrastive_update(INDICES, partners_payload()) == {"lambda": 0.0}
     assert torch.equal(trainer.represent(INDICES), before)
+
+
+def test_a_users_rounds_do_not_depend_on_what_its_process_ran_before():
+    """Same seed, same run: dropout draws come from the user's own generator state."""
+    profile = load_federation(TINY_FEDERATION).users[3]  # BERT: dropout in train mode
+
+    def three_rounds(other_users_draws: int) -> list[torch.Tensor]:
+        trainer = build_trainer(CONFIG, profile, TINY_FEDERATION)
+        assert trainer.model.training or any(
+            isinstance(m, torch.nn.Dropout) and m.p > 0 for m in trainer.model.modules()
+        )
+        reps = []
+        for _ in range(3):
+            torch.rand(other_users_draws)  # what another user served by this process draws
+            with trainer.random_state():
+                trainer.supervised_update()
+            reps.append(trainer.represent(INDICES))
+        return reps
+
+    alone, shared = three_rounds(0), three_rounds(1000)
+    assert all(torch.equal(a, b) for a, b in zip(alone, shared, strict=True))
+
+
+def test_random_state_leaves_the_process_generator_as_it_was():
+    trainer = build_trainer(CONFIG, load_federation(TINY_FEDERATION).users[3], TINY_FEDERATION)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    with trainer.random_state():
+        trainer.supervised_update()
+    assert torch.equal(torch.rand(4), expected)
+    saved = trainer.state_dict()["rng_state"]["cpu"]
+    with trainer.random_state():
+        pass
+    assert torch.equal(trainer.rng_state["cpu"], saved)  # nothing drawn, nothing advanced
