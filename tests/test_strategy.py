@@ -55,10 +55,13 @@ def representation(node: int, server_round: int, rows: int) -> torch.Tensor:
     return F.normalize(torch.randn(rows, DIM, generator=g), dim=-1)
 
 
-def reply(msg: Message, *, z: torch.Tensor | None = None, round_shift: int = 1) -> Message:
-    """What a well-behaved client answers; ``z`` overrides its representation."""
+def reply(
+    msg: Message, *, z: torch.Tensor | None = None, round_shift: int = 1, user: int | None = None
+) -> Message:
+    """What a well-behaved client answers; ``z`` overrides its representation, ``user`` the
+    user it serves (default: ``user-<node id>``), whose representation it sends."""
     instruction = wire.instruction_from_records(msg.content, public_size=50, dim=DIM)
-    node = msg.metadata.dst_node_id
+    node = msg.metadata.dst_node_id if user is None else user
     records = None
     if instruction.next_indices is not None:
         z = (
@@ -238,3 +241,28 @@ def test_unknown_user_record_is_refused():
     strategy.aggregate_train(1, [bad, reply(sent[2])])
     assert "user" in strategy.results.rounds[0].failed["node-1"]
     assert isinstance(RecordDict(), RecordDict)
+
+
+def test_payloads_depend_on_the_users_not_on_the_node_ids_they_were_given():
+    """Same seed, same run: another launch hands out other node ids (and another order)."""
+
+    def partners_by_user(nodes_of_users: dict[int, int]) -> dict[int, tuple[int, ...]]:
+        strategy = FedMuscleStrategy(config(partner_selection="random"), device="cpu")
+        grid = FakeGrid(nodes_of_users.values())
+        user_of = {node: user for user, node in nodes_of_users.items()}
+        first = send(strategy, 1, grid)
+        strategy.aggregate_train(1, [reply(m, user=user_of[n]) for n, m in first.items()])
+        second = send(strategy, 2, grid)
+        payloads = {
+            user_of[n]: wire.instruction_from_records(m.content, public_size=50, dim=DIM).payload
+            for n, m in second.items()
+        }
+        return {
+            user: tuple(user_of[p] for p in payload.partner_ids) + tuple(payload.others.flatten())
+            for user, payload in payloads.items()
+        }
+
+    users = range(1, 6)
+    assert partners_by_user({u: 10 + u for u in users}) == partners_by_user(
+        {u: 100 - 7 * u for u in users}  # other ids, in the reverse order
+    )
