@@ -60,10 +60,29 @@ def build_trainer(config: RunConfig, profile: UserProfile, federation_name: str)
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Run one round of the user's local work and reply with metrics and Z_n."""
+    """Run one round of the user's local work; reply with metrics and Z_n, or why it failed.
+
+    A failure (bad config, a model that cannot be built, a non-finite loss, ...) is logged
+    with its traceback here and answered with a failure record naming the user, so the
+    server leaves out this user only and records why under its id.
+    """
+    user_id = ""
+    try:
+        config = RunConfig.from_run_config(context.run_config)
+        federation = load_federation(config.federation)
+        profile = federation.user_for_node(context.node_config)
+        user_id = profile.id
+        if not config.allow_missing_users:
+            federation.check_every_user_has_a_node(context.node_config)
+        return _train(msg, context, config, profile)
+    except Exception as err:
+        logger.exception("user %s: round failed", user_id or context.node_config)
+        reason = f"{type(err).__name__}: {err}"
+        return Message(wire.failure_to_records(user_id=user_id, reason=reason), reply_to=msg)
+
+
+def _train(msg: Message, context: Context, config: RunConfig, profile: UserProfile) -> Message:
     start = time.perf_counter()
-    config = RunConfig.from_run_config(context.run_config)
-    profile = load_federation(config.federation).user_for_node(context.node_config)
     root = context.node_config.get("state-dir") or config.state_dir or default_state_root()
     store = StateStore(Path(str(root)), context.run_id, context.node_id)
     trainer = store.open(lambda: build_trainer(config, profile, config.federation))

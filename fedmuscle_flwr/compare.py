@@ -223,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
             overrides, args.seeds, output_dir=args.resume or args.output_dir / label,
             columns=columns,
         )  # fmt: skip
+    failed = [
+        f"seed {seed} {name}: {results.reason}"
+        for seed, by in sorted(runs.items())
+        for name, results in sorted(by.items())
+        if results.status == "failed"
+    ]
+    if failed:
+        print("error: runs failed, so the comparison is not written:\n  " + "\n  ".join(failed))
+        return 1
     summary = summarise(runs)
     figure = args.results_md.parent / "figures" / f"curves-{args.dataset}.png"
     plot_learning_curves(runs, figure)

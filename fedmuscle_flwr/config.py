@@ -90,6 +90,7 @@ class RunConfig:
     round_timeout: float = 600.0
     grid_poll_interval: float = 0.2  # s between the ServerApp's pulls for replies
     state_dir: str = ""  # client state; "" = $FEDMUSCLE_STATE_DIR or ~/.cache/fedmuscle/state
+    allow_missing_users: bool = False  # a run may go on without some federation users' nodes
     # ---- making collaboration pay (docs/results.md, ablation)
     warmup_rounds: int = 0  # rounds of local-only training before the contrastive term
     lambda_ramp_rounds: int = 0  # after warm-up, lambda grows linearly over this many rounds
@@ -137,6 +138,7 @@ class RunConfig:
             "batch_size",
             "min_nodes",
             "public_size",
+            "embed_dim",
         ):
             _at_least(name, getattr(self, name), 1)
         _at_least("public_batch_size", self.public_batch_size, 2)

@@ -144,6 +144,21 @@ class Federation:
             )
         return self.users[index]
 
+    def check_every_user_has_a_node(self, node_config: Mapping[str, Any]) -> None:
+        """Refuse a simulation with fewer SuperNodes (``num-partitions``) than users.
+
+        It would silently leave users out; the message names them and the fix.
+        """
+        nodes = int(node_config.get("num-partitions", len(self.users)))
+        if nodes < len(self.users):
+            missing = [u.id for u in self.users[nodes:]]
+            raise FederationError(
+                f"the simulation has {nodes} SuperNodes for the {len(self.users)} users of "
+                f"federation {self.source!r}; users without a node: {missing}. Run with "
+                f"--federation-config num-supernodes={len(self.users)}, or set the run-config "
+                "key allow-missing-users=true to run without them"
+            )
+
 
 def load_federation(name_or_path: str) -> Federation:
     """Load ``default`` (or another name shipped in the package) or a TOML file by path."""

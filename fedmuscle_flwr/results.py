@@ -6,7 +6,9 @@ Schema of ``results.json`` (documented in README.md):
 - ``users``: ``[{id, model, task, metric}]``, ``metric`` naming the user's primary metric;
 - ``rounds``: ``[{round, metrics {user id: {name: value}}, uplink_bytes {user id: n},
   downlink_bytes {user id: n}, server_ms, seconds, replied, failed {user id: reason}}]``;
-- ``final``: ``{user id: {name: value}}``, each user's last reported metrics.
+- ``final``: ``{user id: {name: value}}``, each user's last reported metrics;
+- ``status``: ``complete``, ``failed`` (``reason`` says why) or ``running`` (not finished);
+  ``missing_users``: users of the federation that never had a node.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class RunResults:
     config: dict[str, Any]
     users: dict[str, UserInfo] = field(default_factory=dict)
     rounds: list[RoundRecord] = field(default_factory=list)
+    status: str = "running"  # complete | failed | running
+    reason: str = ""
+    missing_users: list[str] = field(default_factory=list)
 
     @property
     def final(self) -> dict[str, dict[str, float]]:
@@ -80,6 +85,42 @@ class RunResults:
         """Whether every configured round was recorded (results are also written on failure)."""
         return len(self.rounds) == self.config.get("num-server-rounds")
 
+    def users_failing_every_round(self) -> dict[str, str]:
+        """Users that were left out of every round they were part of, with the last reason."""
+        failed: dict[str, str] = {}
+        succeeded: set[str] = set()
+        for record in self.rounds:
+            succeeded.update(record.replied)
+            failed.update(record.failed)
+        return {user: reason for user, reason in sorted(failed.items()) if user not in succeeded}
+
+    def finish(self, federation_users: list[str], error: BaseException | None = None) -> None:
+        """Set ``status``, ``reason`` and ``missing_users`` at the end of a run.
+
+        Failed: an error stopped it, a round is missing, a user failed every round, or users
+        had no node (unless the run config allows missing users).
+        """
+        seen = set(self.users) | {u for r in self.rounds for u in (*r.replied, *r.failed)}
+        self.missing_users = [u for u in federation_users if u not in seen]
+        problems = []
+        if error is not None:
+            problems.append(str(error) or type(error).__name__)
+        elif not self.complete:
+            problems.append(
+                f"{len(self.rounds)} of {self.config.get('num-server-rounds')} rounds recorded"
+            )
+        problems += [
+            f"user {user} failed every round ({reason})"
+            for user, reason in self.users_failing_every_round().items()
+        ]
+        if self.missing_users and not self.config.get("allow-missing-users", False):
+            problems.append(
+                f"users without a node: {self.missing_users} (start their SuperNodes, or set "
+                "allow-missing-users=true)"
+            )
+        self.status = "failed" if problems else "complete"
+        self.reason = "; ".join(problems)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form of the schema above."""
         return {
@@ -87,6 +128,9 @@ class RunResults:
             "users": [asdict(u) for u in sorted(self.users.values(), key=lambda u: u.id)],
             "rounds": [asdict(r) for r in self.rounds],
             "final": self.final,
+            "status": self.status,
+            "reason": self.reason,
+            "missing_users": self.missing_users,
         }
 
     @classmethod
@@ -96,6 +140,9 @@ class RunResults:
             config=data["config"],
             users={u["id"]: UserInfo(**u) for u in data["users"]},
             rounds=[RoundRecord(**r) for r in data["rounds"]],
+            status=data.get("status", "running"),
+            reason=data.get("reason", ""),
+            missing_users=list(data.get("missing_users", [])),
         )
 
     def primary(self, user_id: str, metrics: dict[str, float]) -> float | None:

@@ -18,13 +18,13 @@ from typing import Any
 
 from fedmuscle_flwr.algorithms import list_algorithms
 from fedmuscle_flwr.config import RunConfig
-from fedmuscle_flwr.federation import load_federation
 from fedmuscle_flwr.launch import (
     LaunchError,
     exit_on_sigterm,
     parse_toml_overrides,
     run_simulation,
 )
+from fedmuscle_flwr.preflight import check_run
 from fedmuscle_flwr.results import RunResults
 
 __all__ = ["main", "simulate"]
@@ -35,7 +35,7 @@ def simulate(
 ) -> RunResults:
     """Run one simulation with ``overrides`` on top of pyproject's run config."""
     config = RunConfig.from_run_config(overrides)  # validates before anything starts
-    users = load_federation(config.federation).users
+    users = check_run(config).users  # every user's model type, task and config
     path = run_simulation(
         overrides, num_supernodes=len(users), output_dir=output_dir, quiet=quiet, timeout=timeout
     )
@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         shown = f"{value:.4f}" if value is not None else "n/a"
         print(f"  {user_id:<22} {info.model:<12} {info.task:<28} {info.metric} {shown}")
     print(f"results: {args.output_dir / label}")
+    if results.status != "complete":
+        print(f"error: the run failed: {results.reason}")
+        return 1
     return 0
 
 

@@ -19,7 +19,9 @@ Record layout in a message's :class:`~flwr.app.RecordDict`:
   ``next-indices`` (the public batch to represent for the next round), plus the payload.
 - reply (client -> server): the representation of the next batch, MetricRecord
   ``"metrics"`` and ConfigRecord ``"user"`` (``user-id``, ``model``, ``task``, and
-  ``metric``, the name of its primary metric).
+  ``metric``, the name of its primary metric); or, when the user's round failed, only
+  ConfigRecord ``"failure"`` with ``user-id`` (empty when the user is unknown) and
+  ``reason``, so the server records the failure under the user's id.
 """
 
 from __future__ import annotations
@@ -47,12 +49,14 @@ __all__ = [
     "Instruction",
     "WireError",
     "batch_digest",
+    "failure_to_records",
     "has_payload",
     "instruction_from_records",
     "instruction_to_records",
     "payload_from_records",
     "payload_to_records",
     "record_nbytes",
+    "reply_failure",
     "reply_metrics",
     "reply_to_records",
     "reply_user",
@@ -335,6 +339,24 @@ def reply_to_records(
     content["metrics"] = MetricRecord({k: float(v) for k, v in metrics.items()})
     content["user"] = ConfigRecord(dict(user))
     return content
+
+
+def failure_to_records(*, user_id: str, reason: str) -> RecordDict:
+    """A client's reply when its round failed: who it is and why."""
+    return RecordDict({"failure": ConfigRecord({"user-id": user_id, "reason": reason})})
+
+
+def reply_failure(content: RecordDict, sender: int) -> tuple[str, str] | None:
+    """``(user id, reason)`` of a failure reply, or None for a normal reply."""
+    record = content.config_records.get("failure")
+    if record is None:
+        return None
+    user_id, reason = record.get("user-id"), record.get("reason")
+    if not isinstance(user_id, str) or not isinstance(reason, str):
+        raise WireError(
+            f"needs string user-id and reason, got {dict(record)!r}", field="failure", sender=sender
+        )
+    return user_id, reason
 
 
 def reply_user(content: RecordDict, sender: int) -> dict[str, str]:

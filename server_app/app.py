@@ -9,8 +9,9 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.preflight import check_run
 from server_app.fast_grid import wrap_grid
-from server_app.strategy import FedMuscleStrategy
+from server_app.strategy import FedMuscleStrategy, RunFailed
 
 logger = logging.getLogger("fedmuscle.server")
 
@@ -24,13 +25,23 @@ def main(grid: Grid, context: Context) -> None:
     grid = wrap_grid(grid, config.grid_poll_interval)  # Flower's HttpGrid polls every 3 s
     strategy = FedMuscleStrategy(config)
     out_dir = Path(config.output_dir).expanduser() / f"run-{context.run_id}"
+    results = strategy.results
+    error: BaseException | None = None
+    users: list[str] = []
     try:
+        users = [u.id for u in check_run(config).users]  # every user checked before round 1
         strategy.start(
             grid,
             ArrayRecord(),
             num_rounds=config.num_server_rounds,
             timeout=config.round_timeout,
         )
+    except BaseException as err:
+        error = err
+        raise
     finally:
-        path = strategy.results.write(out_dir)
-        print(f"results: {path.resolve()}", flush=True)
+        results.finish(users, error)
+        path = results.write(out_dir)
+        print(f"results: {path.resolve()} ({results.status})", flush=True)
+    if results.status != "complete":
+        raise RunFailed(f"the run failed: {results.reason}")

@@ -58,6 +58,11 @@ class _Round:
     downlink: dict[int, int] = field(default_factory=dict)  # node id -> bytes
     partners: dict[int, tuple[int, ...]] = field(default_factory=dict)  # node -> partner nodes
     next: NextRound | None = None  # what this round prepares (None: no Z asked for)
+    errors: set[int] = field(default_factory=set)  # nodes whose round failed with an error
+
+
+class RunFailed(RuntimeError):
+    """The run cannot go on: every user of a round failed with an error."""
 
 
 class FedMuscleStrategy(Strategy):
@@ -150,6 +155,9 @@ class FedMuscleStrategy(Strategy):
         record.server_ms = (time.perf_counter() - start) * 1000
         record.seconds = time.perf_counter() - state.started
         self.results.rounds.append(record)
+        if not record.replied and state.errors and state.errors == set(state.messages):
+            reasons = sorted(set(record.failed.values()))
+            raise RunFailed(f"round {server_round}: every user failed: {'; '.join(reasons)}")
         line = self.results.progress_line(
             record, self.config.num_server_rounds, len(state.messages)
         )
@@ -217,8 +225,17 @@ class FedMuscleStrategy(Strategy):
                 self._fail(
                     record, name, f"error reply {reply.error.code}: {lines[-1] if lines else ''}"
                 )
+                state.errors.add(node)
                 continue
             try:
+                failure = wire.reply_failure(reply.content, node)
+                if failure is not None:
+                    user_id, reason = failure
+                    if user_id:
+                        self._node_user[node] = name = user_id
+                    self._fail(record, name, reason)
+                    state.errors.add(node)
+                    continue
                 name = self._register(node, wire.reply_user(reply.content, node))
                 metrics = wire.reply_metrics(reply.content, node)
                 if state.next is not None:

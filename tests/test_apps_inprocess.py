@@ -13,6 +13,7 @@ from fedmuscle_flwr.federation import load_federation
 from fedmuscle_flwr.results import RunResults
 from server_app.app import main as server_main
 from server_app.inprocess import InProcessGrid
+from server_app.strategy import RunFailed
 from tests.tiny import TINY_FEDERATION, tiny_run_config
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -24,16 +25,39 @@ TASKS = {
 }
 
 
-def run(tmp_path: Path, nodes: dict[int, dict] | None = None, drop=None, **overrides) -> RunResults:
-    """Run the ServerApp over an in-process grid; return what it wrote."""
+def run(
+    tmp_path: Path,
+    nodes: dict[int, dict] | None = None,
+    drop=None,
+    fails: type[Exception] | None = None,
+    **overrides,
+) -> RunResults:
+    """Run the ServerApp over an in-process grid; return what it wrote.
+
+    ``fails``: the error the ServerApp must stop with (a failed run exits non-zero).
+    """
     run_config = tiny_run_config(tmp_path, **overrides)
     if nodes is None:
-        users = load_federation(TINY_FEDERATION).users
+        users = load_federation(run_config["federation"]).users
         nodes = {100 + i: {"partition-id": i} for i in range(len(users))}
     grid = InProcessGrid(client_app, nodes, run_config, drop=drop)
-    server_main(grid, Context(7, 0, {}, RecordDict(), run_config))
+    context = Context(7, 0, {}, RecordDict(), run_config)
+    if fails is None:
+        server_main(grid, context)
+    else:
+        with pytest.raises(fails):
+            server_main(grid, context)
     path = tmp_path / "out" / "run-7" / "results.json"
-    return RunResults.from_dict(json.loads(path.read_text()))
+    results = RunResults.from_dict(json.loads(path.read_text()))
+    assert results.status == ("complete" if fails is None else "failed"), results.reason
+    return results
+
+
+def assert_everyone_replied_every_round(results: RunResults, rounds: int = 2) -> None:
+    assert len(results.rounds) == rounds
+    for record in results.rounds:
+        assert not record.failed and sorted(record.replied) == sorted(results.users)
+    assert len(results.users) == len(load_federation(results.config["federation"]).users)
 
 
 def test_two_rounds_over_all_four_task_types(tmp_path):
@@ -59,6 +83,7 @@ def test_two_rounds_over_all_four_task_types(tmp_path):
 
 def test_local_exchanges_no_representations(tmp_path):
     results = run(tmp_path, algorithm="local")
+    assert_everyone_replied_every_round(results)
     assert all(v == 0 for r in results.rounds for v in r.uplink_bytes.values())
     assert all("contrastive-loss" not in m for r in results.rounds for m in r.metrics.values())
 
@@ -71,10 +96,54 @@ def test_a_failing_and_a_silent_user_do_not_stop_the_run(tmp_path):
         tmp_path,
         nodes=nodes,
         drop=lambda node, rnd: node == 102 and rnd == 2,  # segformer-seg is silent in round 2
+        fails=RunFailed,  # the others finish, but a node that failed every round fails the run
         **{"num-partners": 3, "local-steps": 1},
     )
     first, second = results.rounds
     assert "partition-id 99 is out of range" in first.failed["node-999"]
+    assert "node-999 failed every round" in results.reason
     assert len(first.replied) == 4
     assert second.failed["segformer-seg"] == "no reply before the timeout"
     assert sorted(second.replied) == sorted(u.id for u in users if u.id != "segformer-seg")
+
+
+def test_failed_rounds_are_recorded_under_the_users_ids(tmp_path):
+    """Users whose loss is not finite fail, under their ids; nobody left: the run stops."""
+    results = run(tmp_path, fails=RunFailed, **{"learning-rate": 1e30, "num-server-rounds": 2})
+    assert len(results.rounds) == 1 and not results.rounds[0].replied
+    named = set().union(*(record.failed for record in results.rounds))
+    assert not any(name.startswith("node-") for name in named)  # ids, not node numbers
+    assert all(
+        "FloatingPointError" in reason for r in results.rounds for reason in r.failed.values()
+    )
+
+
+def test_an_unknown_model_type_stops_the_run_before_round_one(tmp_path):
+    from fedmuscle_flwr.config import ConfigError
+
+    federation = tmp_path / "typo.toml"
+    federation.write_text(
+        Path(TINY_FEDERATION).read_text().replace('model = "small-cnn"', 'model = "small-cn"')
+    )
+    results = run(tmp_path, fails=ConfigError, federation=str(federation))
+    assert results.rounds == []
+    assert "user 'cnn-cls': unknown client model 'small-cn'" in results.reason
+    assert "Did you mean 'small-cnn'" in results.reason
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_fewer_simulated_nodes_than_users_is_refused_unless_allowed(tmp_path, allowed):
+    nodes = {100 + i: {"partition-id": i, "num-partitions": 2} for i in range(2)}
+    results = run(
+        tmp_path,
+        nodes=nodes,
+        fails=None if allowed else RunFailed,
+        **{"allow-missing-users": allowed},
+    )
+    assert results.missing_users == ["segformer-seg", "bert-text"]
+    if allowed:
+        assert len(results.rounds) == 2 and all(len(r.replied) == 2 for r in results.rounds)
+    else:
+        assert len(results.rounds) == 1  # stopped after the first exchange
+        assert "num-supernodes=4" in results.reason
+        assert sorted(results.rounds[0].failed) == ["cnn-cls", "vit-multilabel"]

@@ -130,3 +130,34 @@ def test_real_federation_uses_the_two_pretrained_encoders():
         if u.model in {"efficientnet-lite0", "minilm-l6"}
     )
     assert {u.model for u in users} <= set(list_client_models())
+
+
+def test_a_simulation_with_fewer_nodes_than_users_is_refused_naming_them():
+    federation = load_federation("default")
+    federation.check_every_user_has_a_node({"partition-id": 0, "num-partitions": 6})
+    with pytest.raises(FederationError, match=r"users without a node: \['bert-text', 'dist"):
+        federation.check_every_user_has_a_node({"partition-id": 0, "num-partitions": 4})
+    with pytest.raises(FederationError, match="num-supernodes=6"):
+        federation.check_every_user_has_a_node({"partition-id": 1, "num-partitions": 2})
+
+
+def test_preflight_names_every_bad_user_before_launch(tmp_path):
+    from fedmuscle_flwr.preflight import check_run
+
+    text = load_federation("default").source
+    broken = tmp_path / "broken.toml"
+    broken.write_text(
+        Path(text).read_text()
+        .replace('model = "small-cnn"', 'model = "small-cn"')
+        .replace('task = "semantic-segmentation"', 'task = "segmentation"')
+        .replace("patch_size = 4", "patch = 4")
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        check_run(RunConfig(federation=str(broken)))
+    message = str(caught.value)
+    assert "user 'cnn-cls': unknown client model 'small-cn'. Did you mean 'small-cnn'" in message
+    assert "user 'segformer-seg': unknown task 'segmentation'" in message
+    assert "user 'vit-cls': model 'vit' takes no config key(s) ['patch']" in message
+    assert check_run(RunConfig()).users == load_federation("default").users
+    with pytest.raises(ConfigError, match="embed-dim must be >= 1"):
+        RunConfig(embed_dim=0)

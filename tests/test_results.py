@@ -142,3 +142,38 @@ def test_variant_columns_and_learning_curves(tmp_path):
     figure = tmp_path / "figures" / "curves.png"
     plot_learning_curves(runs, figure)
     assert figure.stat().st_size > 5000
+
+
+def _round(number: int, replied=(), failed=None) -> RoundRecord:
+    return RoundRecord(round=number, replied=list(replied), failed=dict(failed or {}))
+
+
+@pytest.mark.parametrize(
+    ("rounds", "users", "error", "allow_missing", "status", "says"),
+    [
+        ([_round(1, ["a", "b"]), _round(2, ["a", "b"])], ["a", "b"], None, False, "complete", ""),
+        ([_round(1, ["a", "b"])], ["a", "b"], None, False, "failed", "1 of 2 rounds"),
+        (
+            [_round(1, ["a"], {"b": "boom"}), _round(2, ["a"], {"b": "boom"})],
+            ["a", "b"], None, False, "failed", "user b failed every round (boom)",
+        ),
+        (  # failed once, then came back: not a failed run
+            [_round(1, ["a"], {"b": "no reply"}), _round(2, ["a", "b"])],
+            ["a", "b"], None, False, "complete", "",
+        ),
+        ([_round(1, ["a"]), _round(2, ["a"])], ["a", "b"], None, False, "failed", "['b']"),
+        ([_round(1, ["a"]), _round(2, ["a"])], ["a", "b"], None, True, "complete", ""),
+        ([_round(1, ["a"])], ["a"], RuntimeError("stopped"), False, "failed", "stopped"),
+    ],
+)  # fmt: skip
+def test_finish_tells_whether_the_run_completed(rounds, users, error, allow_missing, status, says):
+    results = RunResults(
+        config={"num-server-rounds": 2, "allow-missing-users": allow_missing}, rounds=rounds
+    )
+    results.finish(users, error)
+    assert results.status == status
+    assert says in results.reason and (says or not results.reason)
+    again = RunResults.from_dict(json.loads(json.dumps(results.to_dict())))
+    assert (again.status, again.reason, again.missing_users) == (
+        results.status, results.reason, results.missing_users,
+    )  # fmt: skip

@@ -26,3 +26,18 @@ def test_flwr_run_two_rounds_on_four_task_types(tmp_path):
     assert (path.parent / "metrics.png").exists() and (path.parent / "bytes.png").exists()
     # The background SuperLink that `flwr run` started is gone.
     assert processes_using_home(home.resolve()) == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_flwr_run_with_fewer_supernodes_than_users_stops_and_names_them(tmp_path):
+    """Plain `flwr run` with Flower's default node count must not silently drop users."""
+    home = tmp_path / "flwr-home"
+    run_config = tiny_run_config(tmp_path, **{"num-server-rounds": 5})
+    path = run_simulation(run_config, num_supernodes=2, output_dir=tmp_path / "out", flwr_home=home)
+    results = RunResults.from_dict(json.loads(path.read_text()))
+    assert results.status == "failed"
+    assert len(results.rounds) == 1  # stopped at the first exchange, not after 5 rounds
+    assert results.missing_users == ["segformer-seg", "bert-text"]
+    assert "num-supernodes=4" in results.reason
+    assert processes_using_home(home.resolve()) == []
