@@ -47,6 +47,7 @@ COLLABORATION_KEYS = frozenset(
         "public-norm",
         "gate",
         "gate-tolerance",
+        "gate-max-scale",
         "partner-selection",
         "partner-exploration",
         "optimizer-state",
@@ -101,6 +102,7 @@ class RunConfig:
     label_budget: int = 0  # labelled training examples per user; 0 = all of its share
     gate: str = "validation"  # off | validation | paired: keep contrastive steps that help
     gate_tolerance: float = 0.0  # relative rise of validation loss the gate accepts
+    gate_max_scale: float = 1.0  # the gate may grow a user's lambda up to this multiple
     partner_selection: str = "relevance"  # random | relevance (linear CKA on the public batch)
     partner_exploration: float = 0.25  # relevance: chance that a partner slot is random
 
@@ -125,6 +127,8 @@ class RunConfig:
             )
         if not (math.isfinite(self.gate_tolerance) and self.gate_tolerance >= 0):
             raise ConfigError(f"gate-tolerance must be >= 0, got {self.gate_tolerance!r}")
+        if not (math.isfinite(self.gate_max_scale) and self.gate_max_scale >= 1):
+            raise ConfigError(f"gate-max-scale must be >= 1, got {self.gate_max_scale!r}")
         if self.gate != "off" and self.validation_fraction == 0 and self.collaborative:
             raise ConfigError(
                 f"gate={self.gate!r} needs a validation split: set validation-fraction > 0 "

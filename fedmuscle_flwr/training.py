@@ -46,6 +46,7 @@ class TrainSettings:
     optimizer_state: str = "shared"
     gate: str = "off"
     gate_tolerance: float = 0.0
+    gate_max_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.algorithm not in list_algorithms():
@@ -71,6 +72,7 @@ class TrainSettings:
             optimizer_state=config.optimizer_state,
             gate=config.gate,
             gate_tolerance=config.gate_tolerance,
+            gate_max_scale=config.gate_max_scale,
         )
 
 
@@ -98,19 +100,21 @@ def contrastive_objective(
 
 
 def gate_decision(
-    before: float, after: float, *, scale: float, tolerance: float = 0.0
+    before: float, after: float, *, scale: float, tolerance: float = 0.0, max_scale: float = 1.0
 ) -> tuple[bool, float]:
     """The validation gate: keep a contrastive update, and the user's next lambda scale.
 
     An update is kept when the validation loss did not rise by more than ``tolerance``
     (relative): ``after <= before * (1 + tolerance)``, or ``after <= before`` when
-    ``before`` is not positive. Kept: the scale doubles back towards 1. Not kept (the
-    caller rolls the update back): the scale halves, so a user whose partners keep hurting
-    it contrasts ever more weakly, and comes back as soon as an update helps.
+    ``before`` is not positive. Kept: the scale doubles, up to ``max_scale`` (1: back to
+    the configured lambda; more: a user whose partners keep helping it contrasts more
+    strongly). Not kept (the caller rolls the update back): the scale halves, so a user
+    whose partners keep hurting it contrasts ever more weakly, and comes back as soon as
+    an update helps.
     """
     limit = before * (1 + tolerance) if before > 0 else before
     kept = after <= limit
-    return kept, (min(1.0, scale * 2) if kept else scale / 2)
+    return kept, (min(max_scale, scale * 2) if kept else scale / 2)
 
 
 class Trainer:
@@ -219,9 +223,7 @@ class Trainer:
         self._restore(start)
         result = self._round_steps(indices, payload, weight)
         joined_loss = self.validation_loss()
-        kept, scale = gate_decision(
-            alone_loss, joined_loss, scale=self.gate_scale, tolerance=self.settings.gate_tolerance
-        )
+        kept, scale = gate_decision(alone_loss, joined_loss, **self._gate_settings())
         if not kept:
             self._restore(alone_state)
             result["train-loss"] = alone["train-loss"]
@@ -230,6 +232,13 @@ class Trainer:
             "gate-kept": float(kept),
             "validation-loss-alone": alone_loss,
             "validation-loss-joined": joined_loss,
+        }
+
+    def _gate_settings(self) -> dict[str, float]:
+        return {
+            "scale": self.gate_scale,
+            "tolerance": self.settings.gate_tolerance,
+            "max_scale": self.settings.gate_max_scale,
         }
 
     def _round_steps(
@@ -287,9 +296,7 @@ class Trainer:
         result = {"contrastive-loss": loss, "lambda": effective}
         if gated:
             after = self.validation_loss()
-            kept, self.gate_scale = gate_decision(
-                before, after, scale=self.gate_scale, tolerance=self.settings.gate_tolerance
-            )
+            kept, self.gate_scale = gate_decision(before, after, **self._gate_settings())
             if not kept:
                 self._restore(snapshot)
             result |= {

@@ -162,6 +162,19 @@ def test_gate_decisions(before, after, scale, tolerance, kept, new_scale):
     assert gate_decision(before, after, scale=scale, tolerance=tolerance) == (kept, new_scale)
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "scale", "kept", "new_scale"),
+    [
+        (1.0, 0.9, 1.0, True, 2.0),  # helping partners: lambda grows past the configured one
+        (1.0, 0.9, 2.0, True, 4.0),
+        (1.0, 0.9, 4.0, True, 4.0),  # up to the cap
+        (1.0, 1.1, 4.0, False, 2.0),  # and halves again when they stop helping
+    ],
+)
+def test_gate_grows_lambda_up_to_its_cap(before, after, scale, kept, new_scale):
+    assert gate_decision(before, after, scale=scale, max_scale=4.0) == (kept, new_scale)
+
+
 @pytest.mark.parametrize("harm", [True, False])
 def test_gate_rolls_back_an_update_that_hurts_validation(monkeypatch, harm):
     profile = load_federation(TINY_FEDERATION).users[0]
