@@ -148,3 +148,23 @@ class Muscle(Algorithm):
             payload.others, payload.log_alpha_pairs, tau=tau, tau_alpha=tau_alpha
         )
         return lambda z: objective(z)
+
+
+@register_algorithm("muscle-shuffled")
+class ShuffledMuscle(Muscle):
+    """A control, not a method: Muscle with each public sample paired to the wrong partners.
+
+    The user's row i is contrasted with its partners' rows for sample i + 1 (a fixed
+    derangement of a random batch), so the step is as large as Muscle's but carries no
+    information about what the partners see. A gain under this algorithm comes from the
+    validation gate's choices or from the extra updates, not from collaboration.
+    """
+
+    supports_dense = False
+
+    def objective(self, payload: UserPayload, *, tau: float, tau_alpha: float) -> Objective:
+        """Muscle against the payload, with the user's rows rolled by one sample."""
+        muscle = MuscleObjective(
+            payload.others, payload.log_alpha_pairs, tau=tau, tau_alpha=tau_alpha
+        )
+        return lambda z: muscle(z.roll(1, dims=0))

@@ -71,3 +71,22 @@ def test_a_registered_algorithm_runs_through_both_apps(tmp_path):
     assert all("contrastive-loss" in m for m in second.metrics.values())
     assert all(0.0 <= m["contrastive-loss"] <= 2.0 for m in second.metrics.values())
     assert all(len(p) == 2 for p in second.partners.values())
+
+
+def test_shuffled_muscle_control_carries_no_correspondence():
+    import torch.nn.functional as F
+
+    from fedmuscle_flwr.aggregation import build_payloads
+
+    g = torch.Generator().manual_seed(3)
+    shared = F.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    noisy = {
+        n: F.normalize(shared + 0.05 * torch.randn(8, 16, generator=g), dim=-1) for n in range(3)
+    }
+    payload = build_payloads(noisy, num_partners=2, tau_alpha=0.1, generator=g, device="cpu")[0]
+    muscle = get_algorithm("muscle").objective(payload, tau=0.1, tau_alpha=0.1)
+    control = get_algorithm("muscle-shuffled").objective(payload, tau=0.1, tau_alpha=0.1)
+    aligned = noisy[0]  # the user sees what its partners see
+    assert torch.allclose(control(aligned), muscle(aligned.roll(1, dims=0)))
+    assert muscle(aligned) < 0.5 * control(aligned)  # alignment pays under Muscle only
+    assert not get_algorithm("muscle-shuffled").supports_dense
