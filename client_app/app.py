@@ -22,6 +22,7 @@ from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.data.users import load_user_data
 from fedmuscle_flwr.federation import UserProfile, load_federation
 from fedmuscle_flwr.models import build_client_model
+from fedmuscle_flwr.tasks import get_task
 from fedmuscle_flwr.training import Trainer, TrainSettings, resolve_device
 
 logger = logging.getLogger("fedmuscle.client")
@@ -81,18 +82,36 @@ def train(msg: Message, context: Context) -> Message:
         return Message(wire.failure_to_records(user_id=user_id, reason=reason), reply_to=msg)
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Say which user this node serves (a resumed run's server asks before its first round)."""
+    config = RunConfig.from_run_config(context.run_config)
+    profile = load_federation(config.federation).user_for_node(context.node_config)
+    user = {
+        "user-id": profile.id,
+        "model": profile.model,
+        "task": profile.task,
+        "metric": get_task(profile.task).primary_metric,
+    }
+    return Message(wire.reply_to_records(metrics={}, user=user), reply_to=msg)
+
+
 def _train(msg: Message, context: Context, config: RunConfig, profile: UserProfile) -> Message:
     start = time.perf_counter()
-    root = context.node_config.get("state-dir") or config.state_dir or default_state_root()
-    store = StateStore(Path(str(root)), context.run_id, context.node_id)
-    trainer = store.open(lambda: build_trainer(config, profile, config.federation))
     instruction = wire.instruction_from_records(
         msg.content, public_size=config.public_size, dim=config.embed_dim
+    )
+    root = context.node_config.get("state-dir") or config.state_dir or default_state_root()
+    # A server that names no experiment (an older one) gets state keyed by Flower's run id.
+    experiment = instruction.experiment or f"flwr-run-{context.run_id}"
+    store = StateStore(Path(str(root)), experiment, profile.id)
+    trainer = store.open(
+        instruction.round_id, lambda: build_trainer(config, profile, config.federation)
     )
     with trainer.random_state():
         metrics, representation = _round_work(trainer, instruction, config)
     trainer.rounds_done += 1
-    store.save(trainer)
+    store.save(trainer, instruction.round_id)
     metrics["client-seconds"] = time.perf_counter() - start
     user = {
         "user-id": profile.id,

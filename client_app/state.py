@@ -1,20 +1,25 @@
-"""Client state on disk, keyed by run and node, so it survives a new process per message.
+"""Client state on disk, keyed by experiment and user, one file per round.
 
 Flower's deployment runtime starts a new ClientApp process for every message, and a
 simulation's Ray actors serve many nodes; so the trainer's state (adapters, heads,
-projection, optimiser, batch order) is saved after every round under
-``<state root>/run-<run id>/node-<node id>/`` and restored before the next. Within one
-process, the built trainer is kept and reused while its token still matches the one on
-disk (another process may have trained this node since).
+projection, optimiser, batch order, random state) is saved after every round under
+``<state root>/<experiment>/<user id>/round-<r>.pt`` and restored before the next. The
+experiment id comes from the server (a fresh run draws a new one, a resumed run keeps its
+own), so a resumed run, a restarted SuperNode or one that came back with another node id
+continues the user's own model, and state of another experiment is never picked up.
+
+Round ``r`` starts from the newest state saved after a round before ``r``: after a crash
+in round ``r`` (some users saved ``r`` already) a resumed round ``r`` starts again from
+``r - 1`` for everyone. Within one process the built trainer is reused while the file
+it came from is still the one to start from.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
+import re
 import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,10 @@ from fedmuscle_flwr.training import Trainer
 
 __all__ = ["StateStore", "default_state_root"]
 
-_CACHE: dict[Path, tuple[str, Trainer]] = {}
+#: State files kept per user (older ones are deleted after each save).
+KEEP_ROUNDS = 3
+_ROUND_FILE = re.compile(r"round-(\d+)\.pt")
+_CACHE: dict[Path, tuple[Path, int, Trainer]] = {}  # directory -> (file, mtime_ns, trainer)
 
 
 def default_state_root() -> Path:
@@ -36,70 +44,67 @@ def default_state_root() -> Path:
 
 
 class StateStore:
-    """Where one node's trainer state lives for one run."""
+    """Where one user's trainer state lives for one experiment."""
 
-    def __init__(self, root: Path, run_id: int, node_id: int) -> None:
-        self.directory = Path(root).expanduser() / f"run-{run_id}" / f"node-{node_id}"
+    def __init__(self, root: Path, experiment: str, user_id: str) -> None:
+        for name, value in (("experiment", experiment), ("user id", user_id)):
+            if not value or "/" in value or value.startswith("."):
+                raise ValueError(f"{name} {value!r} cannot name a state directory")
+        self.directory = Path(root).expanduser() / experiment / user_id
 
-    @property
-    def token_path(self) -> Path:
-        """The small file naming the last saved state."""
-        return self.directory / "token.json"
+    def path(self, round_id: int) -> Path:
+        """The state saved after ``round_id``."""
+        return self.directory / f"round-{round_id}.pt"
 
-    @property
-    def state_path(self) -> Path:
-        """The saved trainer state."""
-        return self.directory / "trainer.pt"
+    def saved_rounds(self) -> list[int]:
+        """Rounds with a saved state, ascending."""
+        if not self.directory.is_dir():
+            return []
+        found = (_ROUND_FILE.fullmatch(p.name) for p in self.directory.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
 
-    def token(self) -> str | None:
-        """The token of the last saved state, or None if nothing was saved yet."""
-        try:
-            return str(json.loads(self.token_path.read_text())["token"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError) as err:
-            raise RuntimeError(
-                f"client state token {self.token_path} is unreadable ({err}); delete "
-                f"{self.directory} to start this node afresh"
-            ) from err
+    def start_of(self, round_id: int) -> Path | None:
+        """The state round ``round_id`` starts from: the newest saved before it, if any."""
+        earlier = [r for r in self.saved_rounds() if r < round_id]
+        return self.path(earlier[-1]) if earlier else None
 
-    def open(self, build: Callable[[], Trainer]) -> Trainer:
-        """The node's trainer: cached in this process if current, else built and restored."""
-        token = self.token()
+    def open(self, round_id: int, build: Callable[[], Trainer]) -> Trainer:
+        """The trainer for ``round_id``: cached in this process if current, else restored."""
+        start = self.start_of(round_id)
         cached = _CACHE.get(self.directory)
-        if cached is not None and token is not None and cached[0] == token:
-            return cached[1]
+        if start is None:
+            return build()
+        mtime = start.stat().st_mtime_ns
+        if cached is not None and cached[:2] == (start, mtime):
+            return cached[2]
         trainer = build()
-        if token is not None:
-            try:
-                state: dict[str, Any] = torch.load(
-                    self.state_path, map_location=trainer.device, weights_only=True
-                )
-                trainer.load_state_dict(state)
-            except (
-                OSError,
-                RuntimeError,
-                ValueError,
-                KeyError,
-                EOFError,
-                pickle.UnpicklingError,
-            ) as err:
-                raise RuntimeError(
-                    f"cannot restore client state from {self.state_path} ({err}); delete "
-                    f"{self.directory} to start this node afresh"
-                ) from err
+        try:
+            state: dict[str, Any] = torch.load(
+                start, map_location=trainer.device, weights_only=True
+            )
+            trainer.load_state_dict(state)
+        except (
+            OSError,
+            RuntimeError,
+            ValueError,
+            KeyError,
+            EOFError,
+            pickle.UnpicklingError,
+        ) as err:
+            raise RuntimeError(
+                f"cannot restore client state from {start} ({err}); delete {self.directory} "
+                "to start this user afresh"
+            ) from err
         return trainer
 
-    def save(self, trainer: Trainer) -> None:
-        """Write the state, then the new token, each atomically; cache the trainer."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        _atomic(self.state_path, lambda f: torch.save(trainer.state_dict(), f))
-        token = uuid.uuid4().hex
-        _atomic(
-            self.token_path,
-            lambda f: f.write(json.dumps({"token": token, "rounds": trainer.rounds_done}).encode()),
-        )
-        _CACHE[self.directory] = (token, trainer)
+    def save(self, trainer: Trainer, round_id: int) -> None:
+        """Write the state after ``round_id`` atomically, drop old ones, cache the trainer."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.path(round_id)
+        _atomic(path, lambda f: torch.save(trainer.state_dict(), f))
+        for old in self.saved_rounds()[:-KEEP_ROUNDS]:
+            self.path(old).unlink(missing_ok=True)
+        _CACHE[self.directory] = (path, path.stat().st_mtime_ns, trainer)
 
 
 def _atomic(path: Path, write: Callable[[Any], Any]) -> None:

@@ -92,6 +92,7 @@ class RunConfig:
     grid_poll_interval: float = 0.2  # s between the ServerApp's pulls for replies
     state_dir: str = ""  # client state; "" = $FEDMUSCLE_STATE_DIR or ~/.cache/fedmuscle/state
     allow_missing_users: bool = False  # a run may go on without some federation users' nodes
+    resume_from: str = ""  # a run's results directory: continue it at its first unfinished round
     # ---- making collaboration pay (docs/results.md, ablation)
     warmup_rounds: int = 0  # rounds of local-only training before the contrastive term
     lambda_ramp_rounds: int = 0  # after warm-up, lambda grows linearly over this many rounds

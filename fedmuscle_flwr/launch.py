@@ -141,7 +141,12 @@ def run_simulation(
     """
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    home = Path(flwr_home or tempfile.mkdtemp(prefix="fedmuscle-flwr-home-")).resolve()
+    resumed = run_config.get("resume-from")
+    home = Path(
+        flwr_home
+        or os.environ.get("FEDMUSCLE_FLWR_HOME")  # set by whoever must find this launch's processes
+        or tempfile.mkdtemp(prefix="fedmuscle-flwr-home-")
+    ).resolve()
     home.mkdir(parents=True, exist_ok=True)
     env = os.environ | {
         "FLWR_HOME": str(home),
@@ -180,6 +185,11 @@ def run_simulation(
         stop_processes(processes_using_home(home))
     if done.returncode != 0:
         raise LaunchError(f"flwr run exited with {done.returncode}")
+    if resumed:  # a resumed run writes into its own directory
+        path = Path(str(resumed)) / "results.json"
+        if not path.is_file():
+            raise LaunchError(f"no results.json in {resumed}: the ServerApp did not finish")
+        return path
     return find_results(output_dir)
 
 

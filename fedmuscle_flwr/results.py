@@ -113,7 +113,8 @@ class RunResults:
             f"user {user} failed every round ({reason})"
             for user, reason in self.users_failing_every_round().items()
         ]
-        if self.missing_users and not self.config.get("allow-missing-users", False):
+        allowed = self.config.get("allow-missing-users", False)
+        if self.missing_users and error is None and not allowed:
             problems.append(
                 f"users without a node: {self.missing_users} (start their SuperNodes, or set "
                 "allow-missing-users=true)"

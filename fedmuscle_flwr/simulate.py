@@ -3,6 +3,7 @@
     python -m fedmuscle_flwr.simulate                       # default federation, world data
     python -m fedmuscle_flwr.simulate --dataset real --rounds 5
     python -m fedmuscle_flwr.simulate --run-config 'algorithm="pairwise" tau=0.2'
+    python -m fedmuscle_flwr.simulate --resume outputs/20261201-120000/run-1   # continue it
 
 One simulated SuperNode per user of the federation; progress is printed every round;
 results (results.json, metrics.png, bytes.png) go to ``<output-dir>/<label>/run-<id>/``.
@@ -42,6 +43,19 @@ def simulate(
     return RunResults.from_dict(json.loads(path.read_text()))
 
 
+def resume_overrides(directory: Path) -> dict[str, Any]:
+    """The configuration of the stopped run in ``directory``, to continue it."""
+    path = directory / "results.json"
+    if not path.is_file():
+        raise LaunchError(
+            f"--resume: no results.json in {directory}; give the run's results directory "
+            "(outputs/<label>/run-<id>/)"
+        )
+    config = dict(json.loads(path.read_text())["config"])
+    config.pop("output-dir", None)
+    return config | {"resume-from": str(directory.resolve())}
+
+
 def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line options -> run-config overrides."""
     overrides: dict[str, Any] = {}
@@ -69,12 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--federation", help="a shipped federation name or a TOML path")
     parser.add_argument("--run-config", help="more overrides, TOML: 'tau=0.2 payload=\"dense\"'")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"))
+    parser.add_argument(
+        "--resume", type=Path, metavar="DIR",
+        help="continue a stopped run at its first unfinished round: its results directory",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     exit_on_sigterm()
-    overrides = parse_overrides(args)
     label = time.strftime("%Y%m%d-%H%M%S")
+    output_dir = args.output_dir / label
     try:
-        results = simulate(overrides, output_dir=args.output_dir / label)
+        overrides = parse_overrides(args)
+        if args.resume is not None:
+            overrides = resume_overrides(args.resume) | overrides
+            output_dir = args.resume.parent
+        results = simulate(overrides, output_dir=output_dir)
     except (LaunchError, ValueError) as err:
         print(f"error: {err}")
         return 1
@@ -83,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         value = results.final.get(user_id, {}).get(info.metric)
         shown = f"{value:.4f}" if value is not None else "n/a"
         print(f"  {user_id:<22} {info.model:<12} {info.task:<28} {info.metric} {shown}")
-    print(f"results: {args.output_dir / label}")
+    print(f"results: {output_dir}")
     if results.status != "complete":
         print(f"error: the run failed: {results.reason}")
         return 1

@@ -15,8 +15,9 @@ Record layout in a message's :class:`~flwr.app.RecordDict`:
   ConfigRecord ``"muscle.meta"`` with ``round``, ``partner-ids``, ``form`` (``factored``,
   ``dense``, or ``partners`` when only the partners' rows are sent: pairwise, ensemble).
 - instruction (server -> client, one per round): ConfigRecord ``"instruction"`` with
-  ``round``, ``contrast-indices`` (the public batch the payload belongs to) and
-  ``next-indices`` (the public batch to represent for the next round), plus the payload.
+  ``round``, ``experiment`` (the run's identity), ``contrast-indices`` (the public batch
+  the payload belongs to) and ``next-indices`` (the public batch to represent for the
+  next round), plus the payload.
 - reply (client -> server): the representation of the next batch, MetricRecord
   ``"metrics"`` and ConfigRecord ``"user"`` (``user-id``, ``model``, ``task``, and
   ``metric``, the name of its primary metric); or, when the user's round failed, only
@@ -292,6 +293,7 @@ class Instruction:
     contrast_indices: tuple[int, ...] | None
     next_indices: tuple[int, ...] | None
     payload: UserPayload | None
+    experiment: str = ""  # the run's identity, which keys each user's saved state
 
 
 def instruction_to_records(
@@ -300,10 +302,11 @@ def instruction_to_records(
     contrast_indices: Sequence[int] | None,
     next_indices: Sequence[int] | None,
     payload: RecordDict | None = None,
+    experiment: str = "",
 ) -> RecordDict:
     """The round's instruction, with the payload's records (from :func:`payload_to_records`)."""
     content = RecordDict() if payload is None else payload
-    fields: dict[str, int | list[int]] = {"round": round_id}
+    fields: dict[str, str | int | list[int]] = {"round": round_id, "experiment": experiment}
     if contrast_indices is not None:
         fields["contrast-indices"] = [int(i) for i in contrast_indices]
     if next_indices is not None:
@@ -325,7 +328,10 @@ def instruction_from_records(content: RecordDict, *, public_size: int, dim: int)
         if contrast is None:
             raise WireError("a payload came without contrast-indices", field="instruction")
         payload = payload_from_records(content, round_id=round_id, rows=len(contrast), dim=dim)
-    return Instruction(round_id, contrast, following, payload)
+    experiment = meta.get("experiment", "")
+    if not isinstance(experiment, str):
+        raise WireError(f"experiment must be a string, got {experiment!r}", field="instruction")
+    return Instruction(round_id, contrast, following, payload, experiment)
 
 
 def reply_to_records(

@@ -10,6 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.preflight import check_run
+from server_app.checkpoint import load_checkpoint
 from server_app.fast_grid import wrap_grid
 from server_app.strategy import FedMuscleStrategy, RunFailed
 
@@ -23,23 +24,34 @@ def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds of FedMuscle and write ``<output-dir>/<run>/``."""
     config = RunConfig.from_run_config(context.run_config)
     grid = wrap_grid(grid, config.grid_poll_interval)  # Flower's HttpGrid polls every 3 s
-    strategy = FedMuscleStrategy(config)
-    out_dir = Path(config.output_dir).expanduser() / f"run-{context.run_id}"
-    results = strategy.results
+    if config.resume_from:  # continue that run, in its own directory
+        out_dir = Path(config.resume_from).expanduser()
+    else:
+        out_dir = Path(config.output_dir).expanduser() / f"run-{context.run_id}"
+    strategy = FedMuscleStrategy(config, checkpoint_dir=out_dir)
     error: BaseException | None = None
     users: list[str] = []
     try:
         users = [u.id for u in check_run(config).users]  # every user checked before round 1
-        strategy.start(
-            grid,
-            ArrayRecord(),
-            num_rounds=config.num_server_rounds,
-            timeout=config.round_timeout,
-        )
+        if config.resume_from:
+            strategy.resume(load_checkpoint(out_dir, config))
+            print(
+                f"resuming {out_dir} after round {strategy.rounds_before} "
+                f"of {config.num_server_rounds}",
+                flush=True,
+            )
+        if strategy.rounds_before < config.num_server_rounds:
+            strategy.start(
+                grid,
+                ArrayRecord(),
+                num_rounds=config.num_server_rounds - strategy.rounds_before,
+                timeout=config.round_timeout,
+            )
     except BaseException as err:
         error = err
         raise
     finally:
+        results = strategy.results
         results.finish(users, error)
         path = results.write(out_dir)
         print(f"results: {path.resolve()} ({results.status})", flush=True)

@@ -15,11 +15,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -29,6 +33,7 @@ from fedmuscle_flwr.algorithms import get_algorithm
 from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
+from server_app.checkpoint import Checkpoint, fingerprint, save_checkpoint
 
 __all__ = ["FedMuscleStrategy"]
 
@@ -76,7 +81,13 @@ class FedMuscleStrategy(Strategy):
         Where the Gram matrix and payloads are computed (default: CUDA when available).
     """
 
-    def __init__(self, config: RunConfig, *, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        device: torch.device | str | None = None,
+        checkpoint_dir: Path | None = None,
+    ) -> None:
         self.config = config
         self.algorithm = get_algorithm(config.algorithm)
         self.device = torch.device(device) if device is not None else best_device()
@@ -87,6 +98,95 @@ class FedMuscleStrategy(Strategy):
         self._node_user: dict[int, str] = {}
         self._round: _Round | None = None
         self.results = RunResults(config=config.to_dict())
+        # The run's identity: keys every user's saved state; a resumed run keeps it.
+        self.experiment = uuid.uuid4().hex[:16]
+        self.checkpoint_dir = checkpoint_dir  # results.json + checkpoint.pt after each round
+        self.rounds_before = 0  # rounds a resumed run had finished before this process
+        self._resumed: Checkpoint | None = None  # payloads in flight, until nodes are known
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def checkpoint(self) -> Checkpoint:
+        """The run's state after the last finished round (see :mod:`server_app.checkpoint`)."""
+        checkpoint = Checkpoint(
+            round=len(self.results.rounds),
+            experiment=self.experiment,
+            fingerprint=self._fingerprint,
+            generators={
+                "batch": self._batch_rng.get_state(),
+                "partner": self._partner_rng.get_state(),
+                "sample": self._sample_rng.get_state(),
+            },
+            results=self.results.to_dict(),
+        )
+        if self._next is not None:
+            checkpoint.next_round = self._next.round_id
+            checkpoint.next_indices = self._next.indices
+            checkpoint.next_payloads = {
+                self._user_name(node): {
+                    "partners": [self._user_name(p) for p in payload.partner_ids],
+                    "others": payload.others,
+                    "log_alpha_pairs": payload.log_alpha_pairs,
+                    "aggregated": payload.aggregated,
+                    "log_alpha": payload.log_alpha,
+                }
+                for node, payload in self._next.payloads.items()
+            }
+        return checkpoint
+
+    @cached_property
+    def _fingerprint(self) -> dict[str, Any]:
+        return fingerprint(self.config)
+
+    def resume(self, checkpoint: Checkpoint) -> None:
+        """Continue after ``checkpoint.round``: generators, results, experiment, payloads."""
+        self.experiment = checkpoint.experiment
+        self.rounds_before = checkpoint.round
+        self._batch_rng.set_state(checkpoint.generators["batch"])
+        self._partner_rng.set_state(checkpoint.generators["partner"])
+        self._sample_rng.set_state(checkpoint.generators["sample"])
+        self.results = RunResults.from_dict(checkpoint.results)
+        self.results.config = self.config.to_dict()
+        self._resumed = checkpoint if checkpoint.next_round is not None else None
+
+    def _identify(self, grid: Grid, nodes: list[int], server_round: int) -> None:
+        """Ask each node which user it serves (a resumed run's nodes may have new ids)."""
+        messages = [
+            Message(
+                RecordDict(),
+                dst_node_id=node,
+                message_type=MessageType.QUERY,
+                group_id=str(server_round),
+            )
+            for node in nodes
+        ]
+        for reply in grid.send_and_receive(messages, timeout=self.config.node_wait_timeout):
+            if reply.has_error():
+                continue
+            try:
+                self._register(reply.metadata.src_node_id, wire.reply_user(reply.content, 0))
+            except wire.WireError as err:
+                logger.warning("a node answered who it is with a bad record: %s", err)
+
+    def _restore_payloads(self, grid: Grid, nodes: list[int]) -> NextRound:
+        """The resumed round's payloads, addressed to the nodes that now serve their users."""
+        checkpoint = self._resumed
+        assert checkpoint is not None and checkpoint.next_round is not None
+        self._identify(grid, nodes, checkpoint.next_round)
+        node_of = {user: node for node, user in self._node_user.items() if node in nodes}
+        payloads = {}
+        for user, fields_ in checkpoint.next_payloads.items():
+            if user not in node_of:
+                continue
+            payloads[node_of[user]] = UserPayload(
+                partner_ids=tuple(node_of.get(p, -1) for p in fields_["partners"]),
+                others=fields_["others"],
+                log_alpha_pairs=fields_["log_alpha_pairs"],
+                aggregated=fields_["aggregated"],
+                log_alpha=fields_["log_alpha"],
+            )
+        self._resumed = None
+        return NextRound(checkpoint.next_round, tuple(checkpoint.next_indices), payloads)
 
     def summary(self) -> None:
         """Log the configuration the strategy runs with."""
@@ -104,13 +204,17 @@ class FedMuscleStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Build every selected user's instruction for this round."""
+        server_round += self.rounds_before  # Flower counts the rounds of this process only
         state = _Round(started=time.perf_counter())
+        selected = self._select_nodes(grid)
+        if self._resumed is not None:
+            self._next = self._restore_payloads(grid, selected)
         last = server_round >= self.config.num_server_rounds
         current = self._next if self._next and self._next.round_id == server_round else None
         # Z is asked for only where the next round contrasts (none during warm-up).
         if self.config.collaborative and not last and self.config.lambda_at(server_round + 1) > 0:
             state.next = NextRound(server_round + 1, self._draw_public_batch())
-        for node in self._select_nodes(grid):
+        for node in selected:
             payload = current.payloads.get(node) if current is not None else None
             records = None
             if payload is not None:
@@ -125,6 +229,7 @@ class FedMuscleStrategy(Strategy):
                 contrast_indices=current.indices if current and payload is not None else None,
                 next_indices=state.next.indices if state.next is not None else None,
                 payload=records,
+                experiment=self.experiment,
             )
             state.downlink[node] = wire.record_nbytes(content)
             state.messages[node] = Message(
@@ -141,6 +246,7 @@ class FedMuscleStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate replies, record the round, and compute the next round's payloads."""
+        server_round += self.rounds_before
         state = self._round
         if state is None:
             raise RuntimeError("aggregate_train called before configure_train")
@@ -164,6 +270,9 @@ class FedMuscleStrategy(Strategy):
         logger.info(line)
         print(line, flush=True)
         self._round = None
+        if self.checkpoint_dir is not None:  # the round is on disk before the next starts
+            self.results.write(self.checkpoint_dir, plots=False)
+            save_checkpoint(self.checkpoint_dir, self.checkpoint())
         return None, self._aggregate_metrics(record)
 
     def configure_evaluate(

@@ -78,7 +78,12 @@ def test_two_rounds_over_all_four_task_types(tmp_path):
         assert "contrastive-loss" not in first.metrics[user_id]
     assert (tmp_path / "out" / "run-7" / "metrics.png").stat().st_size > 1000
     assert (tmp_path / "out" / "run-7" / "bytes.png").stat().st_size > 1000
-    assert len(list((tmp_path / "state" / "run-7").glob("node-*/trainer.pt"))) == 4
+    # Each user's state after each round, under the run's experiment id and the user's id.
+    saved = sorted(p.relative_to(tmp_path / "state") for p in (tmp_path / "state").glob("*/*/*.pt"))
+    assert [p.parts[1:] for p in saved] == [
+        (user, f"round-{r}.pt") for user in sorted(results.users) for r in (1, 2)
+    ]
+    assert len({p.parts[0] for p in saved}) == 1
 
 
 def test_local_exchanges_no_representations(tmp_path):
@@ -147,3 +152,49 @@ def test_fewer_simulated_nodes_than_users_is_refused_unless_allowed(tmp_path, al
         assert len(results.rounds) == 1  # stopped after the first exchange
         assert "num-supernodes=4" in results.reason
         assert sorted(results.rounds[0].failed) == ["cnn-cls", "vit-multilabel"]
+
+
+def _learning_metrics(results: RunResults) -> list[dict]:
+    return [
+        {u: {k: v for k, v in m.items() if k != "client-seconds"} for u, m in r.metrics.items()}
+        | {"partners": r.partners}
+        for r in results.rounds
+    ]
+
+
+def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(tmp_path, monkeypatch):
+    import client_app.state as state_module
+    from server_app.strategy import FedMuscleStrategy
+
+    rounds = {"num-server-rounds": 4, "validation-fraction": 0.2}
+    uninterrupted = run(tmp_path / "whole", **rounds)
+
+    configure = FedMuscleStrategy.configure_train
+
+    def die_in_round_3(self, server_round, *args):
+        if server_round + self.rounds_before == 3:
+            raise KeyboardInterrupt  # the launch is killed after round 2
+        return configure(self, server_round, *args)
+
+    monkeypatch.setattr(FedMuscleStrategy, "configure_train", die_in_round_3)
+    stopped = run(tmp_path / "stopped", fails=KeyboardInterrupt, **rounds)
+    assert len(stopped.rounds) == 2
+    monkeypatch.setattr(FedMuscleStrategy, "configure_train", configure)
+    state_module._CACHE.clear()  # a new process: client state only from disk
+
+    run_dir = tmp_path / "stopped" / "out" / "run-7"
+    nodes = {500 + i: {"partition-id": i} for i in range(4)}  # the new launch's node ids
+    resumed = run(tmp_path / "stopped", nodes=nodes, **rounds, **{"resume-from": str(run_dir)})
+    assert [r.round for r in resumed.rounds] == [1, 2, 3, 4]
+    assert _learning_metrics(resumed) == _learning_metrics(uninterrupted)
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
+    from fedmuscle_flwr.config import ConfigError
+
+    first = run(tmp_path, **{"num-server-rounds": 1})
+    run_dir = tmp_path / "out" / "run-7"
+    assert first.status == "complete" and (run_dir / "checkpoint.pt").is_file()
+    refused = run(tmp_path, fails=ConfigError, **{"resume-from": str(run_dir), "tau": 0.2})
+    assert "differs from the checkpoint's in tau: 0.1 -> 0.2" in refused.reason
+    assert len(refused.rounds) == 0  # nothing of the first run's results was taken over

@@ -69,3 +69,67 @@ def test_the_same_seed_gives_the_same_run(tmp_path):
         )
     assert metrics[0] == metrics[1]
     assert any("contrastive-loss" in m for m in metrics[0][2].values())  # contrast happened
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_a_killed_launch_resumed_ends_as_an_uninterrupted_one(tmp_path):
+    """SIGKILL of the whole `simulate` launch after round 2, then `simulate --resume DIR`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fedmuscle_flwr.launch import stop_processes, toml_overrides
+
+    rounds = {"num-server-rounds": 4, "validation-fraction": 0.2}
+    whole = tmp_path / "whole"
+    path = run_simulation(
+        tiny_run_config(whole, **rounds), num_supernodes=4, output_dir=whole / "out",
+        flwr_home=whole / "home",
+    )  # fmt: skip
+    expected = RunResults.from_dict(json.loads(path.read_text()))
+
+    killed = tmp_path / "killed"
+    home = (killed / "home").resolve()
+    config = tiny_run_config(killed, **rounds)
+    config.pop("output-dir")
+    launch = [sys.executable, "-m", "fedmuscle_flwr.simulate", "--output-dir", str(killed / "out")]
+    env = os.environ | {"FEDMUSCLE_FLWR_HOME": str(home)}
+    proc = subprocess.Popen(
+        [*launch, "--run-config", toml_overrides(config)],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            done = list((killed / "out").glob("*/run-*/results.json"))
+            if done and len(json.loads(done[0].read_text())["rounds"]) >= 2:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the launch did not finish round 2")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole launch, as an operator's kill -9
+        proc.wait()
+        stop_processes(processes_using_home(home), grace=2.0)  # its background SuperLink
+    run_dir = done[0].parent
+    assert json.loads(done[0].read_text())["status"] == "running"
+
+    resumed = subprocess.run(
+        [*launch, "--resume", str(run_dir)], env=os.environ | {"FEDMUSCLE_FLWR_HOME": str(home)},
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    stop_processes(processes_using_home(home), grace=2.0)
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    results = RunResults.from_dict(json.loads((run_dir / "results.json").read_text()))
+    assert results.status == "complete"
+
+    def learning(r: RunResults) -> list:
+        return [
+            {u: {k: v for k, v in m.items() if k != "client-seconds"} for u, m in x.metrics.items()}
+            for x in r.rounds
+        ] + [x.partners for x in r.rounds]
+
+    assert learning(results) == learning(expected)

@@ -1,0 +1,112 @@
+"""The server's checkpoint: everything a run needs to continue at its first unfinished round.
+
+Written atomically after every round beside results.json (``checkpoint.pt``): the round,
+the experiment id (which keys every user's saved state), the strategy's seeded generators,
+the batch and payloads in flight for the next round (keyed by user, since a resumed run's
+nodes may have other ids), the results so far, and a fingerprint of the run config and the
+federation file. A checkpoint of another configuration or federation is refused, naming
+what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmuscle_flwr.config import ConfigError, RunConfig
+from fedmuscle_flwr.federation import load_federation
+
+__all__ = ["CHECKPOINT_FILE", "Checkpoint", "fingerprint", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+#: Keys a resumed run may change: where things go, how long to wait, how many rounds in all
+#: (a finished run can be extended), not what is learned.
+RESUMABLE_KEYS = frozenset(
+    {
+        "num-server-rounds",
+        "resume-from",
+        "output-dir",
+        "node-wait-timeout",
+        "round-timeout",
+        "grid-poll-interval",
+        "device",
+        "allow-missing-users",
+    }
+)
+
+
+def fingerprint(config: RunConfig) -> dict[str, Any]:
+    """What a checkpoint must agree on.
+
+    The run config (less :data:`RESUMABLE_KEYS`) and the SHA-256 of the federation file.
+    """
+    source = load_federation(config.federation).source
+    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    values = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS}
+    return {"config": values, "federation-sha256": digest}
+
+
+@dataclass
+class Checkpoint:
+    """A run's state after ``round``."""
+
+    round: int
+    experiment: str
+    fingerprint: dict[str, Any]
+    generators: dict[str, torch.Tensor]
+    results: dict[str, Any]
+    next_round: int | None = None  # the round the payloads below are for
+    next_indices: tuple[int, ...] = ()
+    # user id -> payload fields (partner user ids, others, log-alpha pairs, dense parts)
+    next_payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
+    """Write ``directory/checkpoint.pt`` atomically (owner-only: it holds users' Z)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{CHECKPOINT_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(checkpoint.__dict__, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(directory: Path, config: RunConfig) -> Checkpoint:
+    """The checkpoint in ``directory``, checked against ``config``; errors say what to do."""
+    path = Path(directory).expanduser() / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"resume-from: no {CHECKPOINT_FILE} in {directory} (give the results directory of "
+            "a run, the one holding its results.json)"
+        )
+    try:
+        data = torch.load(path, weights_only=True)
+        checkpoint = Checkpoint(**data)
+    except Exception as err:
+        raise ConfigError(f"resume-from: {path} is unreadable ({err})") from err
+    expected = fingerprint(config)
+    if checkpoint.fingerprint["federation-sha256"] != expected["federation-sha256"]:
+        raise ConfigError(
+            f"resume-from: the federation file {config.federation!r} changed since {path} "
+            "was written; resume with the federation the run started with"
+        )
+    saved, now = checkpoint.fingerprint["config"], expected["config"]
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ)
+        raise ConfigError(
+            f"resume-from: the run config differs from the checkpoint's in {detail}; resume "
+            "with the configuration the run started with"
+        )
+    return checkpoint
