@@ -160,7 +160,7 @@ class FedMuscleStrategy(Strategy):
             )
             for node in nodes
         ]
-        for reply in grid.send_and_receive(messages, timeout=self.config.node_wait_timeout):
+        for reply in grid.send_and_receive(messages, timeout=self.config.round_timeout):
             if reply.has_error():
                 continue
             try:
@@ -175,6 +175,12 @@ class FedMuscleStrategy(Strategy):
         self._identify(grid, nodes, checkpoint.next_round)
         node_of = {user: node for node, user in self._node_user.items() if node in nodes}
         payloads = {}
+        unknown = sorted(set(checkpoint.next_payloads) - set(node_of))
+        if unknown:
+            logger.warning(
+                "round %d: no node said it serves %s: their payloads are dropped",
+                checkpoint.next_round, unknown,
+            )  # fmt: skip
         for user, fields_ in checkpoint.next_payloads.items():
             if user not in node_of:
                 continue

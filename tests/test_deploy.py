@@ -356,6 +356,7 @@ def test_unregistered_supernode_is_refused_and_a_killed_one_is_left_out(cluster:
         "public-batch-size": 8, "embed-dim": 16, "num-partners": 2, "local-steps": 2,
         "batch-size": 8, "min-nodes": 3, "quorum": 2, "node-wait-timeout": 60.0,
         "round-timeout": 30.0, "grid-poll-interval": 0.2, "output-dir": str(out),
+        "allow-missing-users": True,  # 3 of the tiny federation's 4 users, on purpose
     }  # fmt: skip
     run_log = cluster.logs / "flwr-run.log"
     with run_log.open("w") as log:

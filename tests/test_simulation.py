@@ -44,6 +44,7 @@ def test_flwr_run_with_fewer_supernodes_than_users_stops_and_names_them(tmp_path
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # CI: the killed-and-resumed test below compares two launches as well
 @pytest.mark.timeout(900)
 def test_the_same_seed_gives_the_same_run(tmp_path):
     """A run is a function of (config, federation, seed): two `flwr run` launches agree bit
