@@ -27,7 +27,8 @@ def test_pyproject_run_config_lists_every_key_with_the_defaults():
         (
             "algorithm",
             "fedavg",
-            r"algorithm must be one of \['ensemble', 'local', 'muscle', 'pairwise'\]",
+            r"algorithm must be one of \['ensemble', 'local', 'muscle', 'muscle-shuffled', "
+            r"'pairwise'\]",
         ),
         ("payload", "sparse", "payload must be one of"),
         ("contrastive-order", "during", "contrastive-order must be one of"),
