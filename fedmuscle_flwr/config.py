@@ -67,12 +67,12 @@ class RunConfig:
     num_server_rounds: int = 20
     algorithm: str = "muscle"
     num_partners: int = 3  # M
-    public_batch_size: int = 32  # B
+    public_batch_size: int = 64  # B
     embed_dim: int = 128  # d, the shared representation dimension
     tau: float = 0.1
     tau_alpha: float = 0.1
     contrastive_weight: float = 0.03  # lambda
-    contrastive_steps: int = 1
+    contrastive_steps: int = 5
     local_steps: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -101,7 +101,7 @@ class RunConfig:
     optimizer_state: str = "shared"  # shared | separate AdamW state for the two objectives
     validation_fraction: float = 0.15  # share of each user's train split held out (all algs)
     label_budget: int = 0  # labelled training examples per user; 0 = all of its share
-    gate: str = "validation"  # off | validation | paired: keep contrastive steps that help
+    gate: str = "paired"  # off | validation | paired: keep contrastive steps that help
     gate_tolerance: float = 0.0  # relative rise of validation loss the gate accepts
     gate_max_scale: float = 1.0  # the gate may grow a user's lambda up to this multiple
     partner_selection: str = "relevance"  # random | relevance (linear CKA on the public batch)
