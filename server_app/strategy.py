@@ -163,8 +163,9 @@ class FedMuscleStrategy(Strategy):
         for reply in grid.send_and_receive(messages, timeout=self.config.round_timeout):
             if reply.has_error():
                 continue
+            node = reply.metadata.src_node_id
             try:
-                self._register(reply.metadata.src_node_id, wire.reply_user(reply.content, 0))
+                self._register(node, wire.reply_user(reply.content, node))
             except wire.WireError as err:
                 logger.warning("a node answered who it is with a bad record: %s", err)
 
