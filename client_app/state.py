@@ -19,13 +19,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedmuscle_flwr.files import atomic_write
 from fedmuscle_flwr.training import Trainer
 
 __all__ = ["StateStore", "default_state_root"]
@@ -101,18 +101,7 @@ class StateStore:
         """Write the state after ``round_id`` atomically, drop old ones, cache the trainer."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.path(round_id)
-        _atomic(path, lambda f: torch.save(trainer.state_dict(), f))
+        atomic_write(path, lambda f: torch.save(trainer.state_dict(), f))
         for old in self.saved_rounds()[:-KEEP_ROUNDS]:
             self.path(old).unlink(missing_ok=True)
         _CACHE[self.directory] = (path, path.stat().st_mtime_ns, trainer)
-
-
-def _atomic(path: Path, write: Callable[[Any], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -190,10 +190,15 @@ class Trainer:
             try:
                 yield
             finally:
-                self.rng_state = {
-                    "cpu": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
-                }
+                self.rng_state = self._global_rng_state()
+
+    def _global_rng_state(self) -> dict[str, Any]:
+        """The process's generator states that this user's work draws from."""
+        cuda = self.device.type == "cuda"
+        return {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+        }
 
     def train_round(
         self,
@@ -424,9 +429,7 @@ class Trainer:
         state = self.state_dict()
         keys = ["model", "optimizer", "contrastive_optimizer"]
         if full:
-            state["rng_state"] = {"cpu": torch.get_rng_state(), "cuda": None}
-            if self.device.type == "cuda":
-                state["rng_state"]["cuda"] = torch.cuda.get_rng_state(self.device)
+            state["rng_state"] = self._global_rng_state()
             keys += ["generator", "rng_state", "gate_scale"]
         return copy.deepcopy({k: state[k] for k in keys})
 

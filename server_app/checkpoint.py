@@ -11,8 +11,6 @@ what differs.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import torch
 
 from fedmuscle_flwr.config import ConfigError, RunConfig
 from fedmuscle_flwr.federation import load_federation
+from fedmuscle_flwr.files import atomic_write
 
 __all__ = ["CHECKPOINT_FILE", "Checkpoint", "fingerprint", "load_checkpoint", "save_checkpoint"]
 
@@ -71,14 +70,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     """Write ``directory/checkpoint.pt`` atomically (owner-only: it holds users' Z)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{CHECKPOINT_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(checkpoint.__dict__, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(checkpoint.__dict__, handle))
     return path
 
 
