@@ -17,7 +17,7 @@ from torch import Tensor
 
 from fedmuscle_flwr.algorithms import get_algorithm, list_algorithms
 from fedmuscle_flwr.config import RunConfig
-from fedmuscle_flwr.data.batches import to_batch
+from fedmuscle_flwr.data.batches import CollatedSplit
 from fedmuscle_flwr.data.users import UserData
 from fedmuscle_flwr.federation import UserProfile
 from fedmuscle_flwr.models import ClientModel
@@ -168,6 +168,7 @@ class Trainer:
         }
         self.rounds_done = 0
         self.gate_scale = 1.0  # the validation gate's multiplier of lambda
+        self._splits: dict[int, CollatedSplit] = {}  # id(data set) -> its converted rows
 
     # ------------------------------------------------------------------ round steps
 
@@ -407,7 +408,12 @@ class Trainer:
             yield torch.randperm(len(self.data.train), generator=self.generator)[:size].tolist()
 
     def _batch(self, dataset: Any, indices: Sequence[int] | range) -> dict[str, Any]:
-        batch = to_batch(dataset[list(indices)], image_size=self.data.image_size)
+        split = self._splits.get(id(dataset))
+        if split is None or split.dataset is not dataset:
+            split = self._splits[id(dataset)] = CollatedSplit(
+                dataset, image_size=self.data.image_size
+            )
+        batch = split.take(indices)
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def _step(self, loss: Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:

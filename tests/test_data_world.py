@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedmuscle_flwr.data import world
-from fedmuscle_flwr.data.batches import collate, to_batch
+from fedmuscle_flwr.data.batches import CollatedSplit, collate, to_batch
 from fedmuscle_flwr.data.world import (
     COLOURS,
     KINDS,
@@ -328,6 +328,36 @@ def test_batches_follow_the_conventions(task: str, tmp_path: Path) -> None:
             torch.testing.assert_close(rows[key], value)
         else:
             assert rows[key] == value
+
+
+@pytest.mark.parametrize("task", [*TASKS, "public"])
+@pytest.mark.parametrize("max_rows", [0, 100])
+def test_collated_split_equals_converting_each_batch(
+    task: str, max_rows: int, tmp_path: Path
+) -> None:
+    cfg = WorldConfig()
+    if task == "public":
+        ds = public_dataset(cfg, size=40, cache_dir=tmp_path)
+    else:
+        ds = private_dataset(cfg, task, size=40, cache_dir=tmp_path)
+    split = CollatedSplit(ds, image_size=32, max_rows=max_rows)
+    for rows in ([3, 0, 39, 3], list(range(40)), [17]):
+        expected = to_batch(ds[rows], image_size=32)
+        got = split.take(rows)
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(got[key], value), key
+            else:
+                assert got[key] == value, key
+
+
+def test_collated_split_converts_in_chunks(tmp_path: Path) -> None:
+    ds = private_dataset(WorldConfig(), "semantic-segmentation", size=30, cache_dir=tmp_path)
+    whole = CollatedSplit(ds, image_size=32)._collate_all(chunk=7)
+    assert whole is not None
+    assert whole["image"].shape[0] == whole["mask"].shape[0] == 30
+    assert torch.equal(whole["mask"][20:30], to_batch(ds[20:30], image_size=32)["mask"])
 
 
 def test_public_batch(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["Batch", "collate", "to_batch"]
+__all__ = ["Batch", "CollatedSplit", "collate", "to_batch"]
 
 Batch = dict[str, Any]
 
@@ -130,3 +130,54 @@ def collate(rows: Sequence[Mapping[str, Any]], *, image_size: int | None = None)
         else:
             columns[key] = values
     return to_batch(columns, image_size=image_size)
+
+
+class CollatedSplit:
+    """A data-set split converted to one tensor batch once, then indexed by rows.
+
+    Converting rows (arrow to numpy to tensors) costs as much as a small model's training
+    step; a split of at most ``max_rows`` rows is converted on first use, in chunks, and
+    every later batch is an index into it, equal to ``to_batch(dataset[rows])``. Larger
+    splits, or columns that are neither tensors nor lists, are converted per batch.
+    """
+
+    def __init__(self, dataset: Any, *, image_size: int | None, max_rows: int = 20_000) -> None:
+        self.dataset = dataset
+        self.image_size = image_size
+        self.max_rows = max_rows
+        self._whole: Batch | None = None
+        self._cacheable = len(dataset) <= max_rows
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def take(self, rows: Sequence[int]) -> Batch:
+        """The batch of ``rows``, in that order."""
+        rows = list(rows)
+        if self._cacheable and self._whole is None:
+            self._whole = self._collate_all()
+        if self._whole is None:
+            return to_batch(self.dataset[rows], image_size=self.image_size)
+        index = torch.as_tensor(rows, dtype=torch.int64)
+        return {
+            k: v[index] if isinstance(v, torch.Tensor) else [v[i] for i in rows]
+            for k, v in self._whole.items()
+        }
+
+    def _collate_all(self, chunk: int = 1024) -> Batch | None:
+        parts = [
+            to_batch(self.dataset[start : start + chunk], image_size=self.image_size)
+            for start in range(0, len(self.dataset), chunk)
+        ]
+        if not parts:
+            return None
+        whole: Batch = {}
+        for key, first in parts[0].items():
+            if isinstance(first, torch.Tensor):
+                whole[key] = torch.cat([p[key] for p in parts])
+            elif isinstance(first, list):
+                whole[key] = [v for p in parts for v in p[key]]
+            else:  # a column this cache cannot index: convert per batch instead
+                self._cacheable = False
+                return None
+        return whole
