@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from fedmuscle_flwr.files import atomic_write
+from fedmuscle_flwr.files import PRIVATE, atomic_write
 from fedmuscle_flwr.training import Trainer
 
 __all__ = ["StateStore", "default_state_root"]
@@ -101,7 +101,7 @@ class StateStore:
         """Write the state after ``round_id`` atomically, drop old ones, cache the trainer."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.path(round_id)
-        atomic_write(path, lambda f: torch.save(trainer.state_dict(), f))
+        atomic_write(path, lambda f: torch.save(trainer.state_dict(), f), mode=PRIVATE)
         for old in self.saved_rounds()[:-KEEP_ROUNDS]:
             self.path(old).unlink(missing_ok=True)
         _CACHE[self.directory] = (path, path.stat().st_mtime_ns, trainer)

@@ -37,6 +37,23 @@ outside_repo() {
     echo "$dir"
 }
 
+# Refuse a private key that anyone but its owner can read: a key others can read is a key
+# others may hold. Only the path is ever printed, never the key.
+private_key() {  # private_key FILE WHAT
+    local file="$1" what="$2" mode
+    [[ -r "$file" ]] || die "$what $file is missing"
+    mode="$(stat -L -c %a "$file" 2>/dev/null || stat -L -f %Lp "$file")"
+    if (( (8#$mode & 8#077) != 0 )); then
+        die "$what $file is readable by group or others (mode $mode): run 'chmod 600 $file'"
+    fi
+}
+
+# Create a directory that holds private state (client state, data, the SuperLink database)
+# owner-only (0700); an existing directory is left as it is.
+private_dir() {  # private_dir DIR
+    [[ -d "$1" ]] || mkdir -p -m 700 "$1"
+}
+
 need_value() {  # need_value OPTION "$#"
     [[ "$2" -ge 2 ]] || die "$1 needs a value"
 }

@@ -46,7 +46,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ -n "$database" ]] || { usage >&2; die "--database is required (a restartable SuperLink keeps its state there)"; }
-mkdir -p "$(dirname "$database")"
+private_dir "$(dirname "$database")"
 
 cmd=("$(flwr_bin flower-superlink)"
      --fleet-api-type grpc-rere
@@ -63,6 +63,7 @@ else
     for f in ca.crt server.pem server.key; do
         [[ -r "$certs/$f" ]] || die "$certs/$f is missing: run deploy/make-certs.sh $certs"
     done
+    private_key "$certs/server.key" "SuperLink private key"
     certs="$(realpath "$certs")"
     cmd+=(--ssl-ca-certfile "$certs/ca.crt" --ssl-certfile "$certs/server.pem"
           --ssl-keyfile "$certs/server.key" --enable-supernode-auth)
@@ -71,4 +72,5 @@ fi
 cmd+=("${extra[@]}")
 if [[ $dry_run -eq 1 ]]; then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
 log "starting: ${cmd[*]}"
+umask 077  # the database (and its -wal/-shm files) and logs Flower creates: owner-only
 exec "${cmd[@]}"

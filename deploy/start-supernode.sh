@@ -63,12 +63,12 @@ done
 
 node_config="user=\"$user\""
 if [[ -n "$state_dir" ]]; then
-    mkdir -p "$state_dir"
+    private_dir "$state_dir"
     node_config+=" state-dir=\"$(realpath "$state_dir")\""
 fi
 [[ -z "$more" ]] || node_config+=" $more"
 if [[ -n "$data_dir" ]]; then
-    mkdir -p "$data_dir"
+    private_dir "$data_dir"
     export FEDMUSCLE_CACHE="$(realpath "$data_dir")"
 fi
 if [[ -n "$home" ]]; then
@@ -92,11 +92,13 @@ else
     [[ -n "$ca" && -n "$key" ]] || { usage >&2; die "--ca and --key are required (or pass --insecure explicitly)"; }
     [[ -r "$ca" ]] || die "CA certificate $ca is missing"
     [[ -r "$key" ]] || die "private key $key is missing: run deploy/make-node-keys.sh"
+    private_key "$key" "SuperNode private key"
     cmd+=(--root-certificates "$(realpath "$ca")" --auth-supernode-private-key "$(realpath "$key")")
 fi
 [[ $warm -eq 0 ]] || cmd+=(--isolation process)
 cmd+=("${extra[@]}")
 if [[ $dry_run -eq 1 ]]; then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
+umask 077  # client state and data this node (and its warm worker) writes: owner-only
 if [[ $warm -eq 1 ]]; then
     # The worker watches this shell's PID, which exec below hands to the SuperNode.
     "$python" "$DEPLOY_DIR/warm_clientapp.py" --runtime-api-address "127.0.0.1:$port" \

@@ -8,18 +8,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write"]
+__all__ = ["PRIVATE", "PUBLIC", "atomic_write"]
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write`` on a binary handle, then rename into ``path``.
+#: File modes: what others may read (results), what only the owner may (model state, Z).
+PUBLIC, PRIVATE = 0o644, 0o600
 
-    No temporary file is left behind when ``write`` fails.
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], *, mode: int = PUBLIC) -> None:
+    """Call ``write`` on a binary handle, then rename into ``path`` with ``mode``.
+
+    No temporary file is left behind when ``write`` fails; readers never see a partial file.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

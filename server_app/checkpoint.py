@@ -19,7 +19,7 @@ import torch
 
 from fedmuscle_flwr.config import ConfigError, RunConfig
 from fedmuscle_flwr.federation import load_federation
-from fedmuscle_flwr.files import atomic_write
+from fedmuscle_flwr.files import PRIVATE, atomic_write
 
 __all__ = ["CHECKPOINT_FILE", "Checkpoint", "fingerprint", "load_checkpoint", "save_checkpoint"]
 
@@ -70,7 +70,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     """Write ``directory/checkpoint.pt`` atomically (owner-only: it holds users' Z)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    atomic_write(path, lambda handle: torch.save(checkpoint.__dict__, handle))
+    atomic_write(path, lambda handle: torch.save(checkpoint.__dict__, handle), mode=PRIVATE)
     return path
 
 

@@ -195,6 +195,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     first = run(tmp_path, **{"num-server-rounds": 1})
     run_dir = tmp_path / "out" / "run-7"
     assert first.status == "complete" and (run_dir / "checkpoint.pt").is_file()
+    assert (run_dir / "checkpoint.pt").stat().st_mode & 0o777 == 0o600  # it holds users' Z
     refused = run(tmp_path, fails=ConfigError, **{"resume-from": str(run_dir), "tau": 0.2})
     assert "differs from the checkpoint's in tau: 0.1 -> 0.2" in refused.reason
     assert len(refused.rounds) == 0  # nothing of the first run's results was taken over

@@ -29,6 +29,9 @@ def test_restored_trainer_continues_bit_identically(tmp_path, config):
         trainer.supervised_update()
     trainer.rounds_done += 1
     store.save(trainer, 1)
+    # Model state is private: owner-only directory and file.
+    assert store.directory.stat().st_mode & 0o777 == 0o700
+    assert store.path(1).stat().st_mode & 0o777 == 0o600
 
     state_module._CACHE.clear()  # what a new process sees: only the disk
     restored = store.open(2, lambda: build_trainer(config, profile, config.federation))

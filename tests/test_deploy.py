@@ -241,6 +241,43 @@ def test_secure_commands_and_explicit_insecure(tmp_path):
     assert "WARNING: insecure" in insecure.stderr
 
 
+@needs_flower
+def test_start_scripts_refuse_private_keys_others_can_read(tmp_path):
+    certs, keys = tmp_path / "certs", tmp_path / "keys"
+    assert _script("make-certs.sh", str(certs)).returncode == 0
+    assert _script("make-node-keys.sh", str(keys), "n1").returncode == 0
+    assert (certs / "server.key").stat().st_mode & 0o777 == 0o600
+    assert (keys / "n1").stat().st_mode & 0o777 == 0o600
+
+    def link():
+        return _script(
+            "start-superlink.sh", "--certs", str(certs),
+            "--database", str(tmp_path / "db" / "s.db"), "--dry-run",
+        )  # fmt: skip
+
+    def node():
+        return _script(
+            "start-supernode.sh", "--superlink", "h:9092", "--user", "u1", "--dry-run",
+            "--ca", str(certs / "ca.crt"), "--key", str(keys / "n1"),
+            "--state-dir", str(tmp_path / "state"), "--data-dir", str(tmp_path / "data"),
+        )  # fmt: skip
+
+    for mode in (0o640, 0o604):
+        (certs / "server.key").chmod(mode)
+        (keys / "n1").chmod(mode)
+        refused, refused_node = link(), node()
+        assert refused.returncode == 2 and refused_node.returncode == 2
+        assert f"{certs / 'server.key'} is readable by group or others" in refused.stderr
+        assert f"{keys / 'n1'} is readable by group or others" in refused_node.stderr
+        assert "chmod 600" in refused.stderr
+        assert "PRIVATE KEY" not in refused.stderr + refused_node.stderr
+    (certs / "server.key").chmod(0o600)
+    (keys / "n1").chmod(0o400)
+    assert link().returncode == 0 and node().returncode == 0
+    for made in (tmp_path / "db", tmp_path / "state", tmp_path / "data"):
+        assert made.stat().st_mode & 0o777 == 0o700, made
+
+
 def test_keys_and_certificates_never_go_into_the_repo():
     for script, extra in (("make-certs.sh", []), ("make-node-keys.sh", ["n1"])):
         done = _script(script, str(ROOT / "secrets"), *extra)

@@ -34,6 +34,7 @@ def test_json_round_trip_and_final(tmp_path):
     results = run({"a": 0.5, "b": 0.8})
     results.rounds[1].failed["c"] = "no reply before the timeout"
     path = results.write(tmp_path, plots=False)
+    assert path.stat().st_mode & 0o777 == 0o644  # results are for everyone who runs the job
     back = RunResults.from_dict(json.loads(path.read_text()))
     assert back.to_dict() == results.to_dict()
     assert back.final == {
