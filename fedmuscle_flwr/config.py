@@ -31,6 +31,7 @@ PUBLIC_NORMS = ("train", "frozen")  # norm layers on the public batch: batch sta
 GATES = ("off", "validation", "paired")
 PARTNER_SELECTIONS = ("random", "relevance")
 OPTIMIZER_STATES = ("shared", "separate")
+SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
 #: Keys that change nothing when ``algorithm = "local"`` (a local baseline ignores them).
 COLLABORATION_KEYS = frozenset(
     {
@@ -52,6 +53,9 @@ COLLABORATION_KEYS = frozenset(
         "partner-exploration",
         "optimizer-state",
         "quorum",
+        "screening",
+        "screening-threshold",
+        "screening-min-rounds",
     }
 )
 
@@ -106,6 +110,9 @@ class RunConfig:
     gate_max_scale: float = 1.0  # the gate may grow a user's lambda up to this multiple
     partner_selection: str = "relevance"  # random | relevance (linear CKA on the public batch)
     partner_exploration: float = 0.25  # relevance: chance that a partner slot is random
+    screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
+    screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
+    screening_min_rounds: int = 5  # rounds scored before "exclude" may leave a user out
 
     def __post_init__(self) -> None:
         _choice("algorithm", self.algorithm, tuple(list_algorithms()))
@@ -116,6 +123,11 @@ class RunConfig:
         _choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATES)
         _choice("gate", self.gate, GATES)
         _choice("partner_selection", self.partner_selection, PARTNER_SELECTIONS)
+        _choice("screening", self.screening, SCREENING_MODES)
+        if not math.isfinite(self.screening_threshold):
+            raise ConfigError(
+                f"screening-threshold must be a finite number, got {self.screening_threshold!r}"
+            )
         for name in ("warmup_rounds", "lambda_ramp_rounds", "label_budget"):
             _at_least(name, getattr(self, name), 0)
         if not 0 <= self.validation_fraction < 1:
@@ -144,6 +156,7 @@ class RunConfig:
             "min_nodes",
             "public_size",
             "embed_dim",
+            "screening_min_rounds",
         ):
             _at_least(name, getattr(self, name), 1)
         _at_least("public_batch_size", self.public_batch_size, 2)

@@ -59,6 +59,8 @@ class RoundRecord:
     replied: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     partners: dict[str, list[str]] = field(default_factory=dict)  # the payloads sent this round
+    # screening of this round's Z: {user id: {"score", "excluded", "flagged"}} (empty: off)
+    screening: dict[str, dict[str, float | bool]] = field(default_factory=dict)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from fedmuscle_flwr.algorithms import get_algorithm
 from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
+from fedmuscle_flwr.screening import screen
 from server_app.checkpoint import Checkpoint, fingerprint, save_checkpoint
 
 __all__ = ["FedMuscleStrategy"]
@@ -263,7 +264,7 @@ class FedMuscleStrategy(Strategy):
             record.partners[self._user_name(node)] = [self._user_name(p) for p in partners]
         start = time.perf_counter()
         if state.next is not None:
-            state.next.payloads = self._compute_payloads(representations, server_round)
+            state.next.payloads = self._compute_payloads(representations, server_round, record)
             self._next = state.next
         record.server_ms = (time.perf_counter() - start) * 1000
         record.seconds = time.perf_counter() - state.started
@@ -395,8 +396,9 @@ class FedMuscleStrategy(Strategy):
         logger.warning("round %d: %s left out: %s", record.round, name, reason)
 
     def _compute_payloads(
-        self, representations: dict[int, torch.Tensor], server_round: int
+        self, representations: dict[int, torch.Tensor], server_round: int, record: RoundRecord
     ) -> dict[int, UserPayload]:
+        representations = self._screen(representations, server_round, record)
         if len(representations) < self.config.quorum:
             logger.warning(
                 "round %d: %d valid representations, below quorum=%d: no payloads next round",
@@ -421,6 +423,39 @@ class FedMuscleStrategy(Strategy):
             order[rank]: replace(payload, partner_ids=tuple(order[p] for p in payload.partner_ids))
             for rank, payload in payloads.items()
         }
+
+    def _screen(
+        self, representations: dict[int, torch.Tensor], server_round: int, record: RoundRecord
+    ) -> dict[int, torch.Tensor]:
+        """Score the round's Z (``screening``), record it, and drop the excluded users."""
+        if self.config.screening == "off" or len(representations) < 2:
+            return representations
+        by_user = {self._user_name(node): node for node in representations}
+        # Seeded by the run seed and the round alone: no generator state to checkpoint.
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + server_round)
+        history = {
+            user: [r.screening[user]["round-score"] for r in self.results.rounds
+                   if user in r.screening]
+            for user in by_user
+        }  # fmt: skip
+        screens = screen(
+            {user: representations[node] for user, node in by_user.items()},
+            mode=self.config.screening,
+            threshold=self.config.screening_threshold,
+            min_rounds=self.config.screening_min_rounds,
+            generator=generator,
+            history=history,
+        )
+        record.screening = {user: s.to_dict() for user, s in screens.items()}
+        excluded = sorted(user for user, s in screens.items() if s.excluded)
+        if excluded:
+            logger.warning(
+                "round %d: screening excludes %s from the next payloads (scores %s)",
+                server_round, ", ".join(excluded),
+                ", ".join(f"{screens[u].score:.1f}" for u in excluded),
+            )  # fmt: skip
+        return {node: z for node, z in representations.items()
+                if not screens[self._user_name(node)].excluded}  # fmt: skip
 
     def _aggregate_metrics(self, record: RoundRecord) -> MetricRecord:
         """Mean primary metric per task, for Flower's own history."""

@@ -9,6 +9,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from client_app.app import app as client_app
+from client_app.attacks import lying_client_app
 from fedmuscle_flwr.federation import load_federation
 from fedmuscle_flwr.results import RunResults
 from server_app.app import main as server_main
@@ -30,6 +31,7 @@ def run(
     nodes: dict[int, dict] | None = None,
     drop=None,
     fails: type[Exception] | None = None,
+    app=client_app,
     **overrides,
 ) -> RunResults:
     """Run the ServerApp over an in-process grid; return what it wrote.
@@ -40,7 +42,7 @@ def run(
     if nodes is None:
         users = load_federation(run_config["federation"]).users
         nodes = {100 + i: {"partition-id": i} for i in range(len(users))}
-    grid = InProcessGrid(client_app, nodes, run_config, drop=drop)
+    grid = InProcessGrid(app, nodes, run_config, drop=drop)
     context = Context(7, 0, {}, RecordDict(), run_config)
     if fails is None:
         server_main(grid, context)
@@ -199,3 +201,31 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     refused = run(tmp_path, fails=ConfigError, **{"resume-from": str(run_dir), "tau": 0.2})
     assert "differs from the checkpoint's in tau: 0.1 -> 0.2" in refused.reason
     assert len(refused.rounds) == 0  # nothing of the first run's results was taken over
+
+
+@pytest.mark.parametrize("mode", ["flag", "exclude"])
+def test_screening_leaves_a_lying_user_out_of_every_payload(tmp_path, mode):
+    """One user sends random unit rows every round; the others are honest."""
+    liar = "vit-multilabel"
+    results = run(
+        tmp_path, app=lying_client_app(client_app, liar=liar, attack="random"),
+        **{"num-server-rounds": 5, "screening": mode, "public-batch-size": 64, "embed-dim": 64,
+           "screening-min-rounds": 3},
+    )  # fmt: skip
+    scored = [r for r in results.rounds if r.screening]
+    assert len(scored) == 4  # the last round computes no payloads
+    for record in scored:
+        assert set(record.screening) == set(results.users)
+        assert all(set(v) >= {"score", "excluded"} for v in record.screening.values())
+    last = scored[-1].screening
+    assert last[liar]["flagged"]
+    assert last[liar]["score"] < min(v["score"] for u, v in last.items() if u != liar)
+    for earlier, later in zip(results.rounds, results.rounds[1:]):
+        excluded = {u for u, v in earlier.screening.items() if v["excluded"]}
+        assert mode == "exclude" or not excluded
+        for user in excluded:  # out of the next round's exchange, both ways
+            assert user not in later.partners
+            assert all(user not in partners for partners in later.partners.values())
+    if mode == "exclude":
+        assert last[liar]["excluded"]
+        assert liar not in results.rounds[-1].partners
