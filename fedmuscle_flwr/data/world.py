@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -36,6 +35,8 @@ from typing import Literal
 
 import numpy as np
 from datasets import Array2D, Array3D, ClassLabel, Dataset, Features, Sequence, Value
+
+from fedmuscle_flwr.files import atomic_write
 
 __all__ = [
     "COLOURS",
@@ -433,14 +434,7 @@ def _read_cache(path: Path, cfg: WorldConfig, n: int) -> Scenes:
 
 def _write_cache(path: Path, scenes: Scenes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **dataclasses.asdict(scenes))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **dataclasses.asdict(scenes)))
 
 
 def load_scenes(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fedmuscle_flwr.data.real.debian import EMOJI_FONT, EMOJI_TEST, debian_file
+from fedmuscle_flwr.files import atomic_write
 
 __all__ = [
     "EMOJI_LABELS",
@@ -212,15 +212,7 @@ def _cache_path(font: Path, test: Path, size: int, cache_dir: str | Path | None)
 
 def _write_rgba(path: Path, rgba: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, rgba=rgba)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, rgba=rgba))  # 0644: a cache may be shared
 
 
 def _read_rgba(path: Path, n: int, size: int) -> np.ndarray:
