@@ -13,6 +13,11 @@ its values as variants. Each variant is compared with ``algorithm = "local"`` un
 same overrides, minus the keys that only matter to collaboration, so local baselines are
 shared between variants that differ only in those. Runs are keyed by their overrides and
 reused when complete, so an interrupted sweep resumes where it stopped.
+
+One key is the sweep's, not the run config's: ``attack="USER:KIND"`` makes user USER lie
+with one of :data:`client_app.attacks.ATTACKS` in the collaborative run (its local
+baseline has no exchange, so none); Delta and the per-user columns then count the honest
+users only.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +89,42 @@ def parse_variants(variants: Sequence[str], grids: Sequence[str]) -> list[Varian
     return parsed
 
 
+#: The sweep's own key: "USER:KIND", a lying user in the collaborative run.
+ATTACK_KEY = "attack"
+
+
 def local_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The local baseline of ``overrides``: algorithm local, collaboration-only keys dropped."""
-    kept = {k: v for k, v in overrides.items() if k not in COLLABORATION_KEYS}
+    dropped = COLLABORATION_KEYS | {ATTACK_KEY}
+    kept = {k: v for k, v in overrides.items() if k not in dropped}
     return kept | {"algorithm": "local"}
+
+
+def parse_attack(value: Any) -> tuple[str, str]:
+    """``"USER:KIND"`` -> (user, kind), with KIND one of the known attacks."""
+    from fedmuscle_flwr.attacks import ATTACKS
+
+    user, sep, kind = str(value).partition(":")
+    if not sep or not user or kind not in ATTACKS:
+        raise SystemExit(
+            f"error: attack must be 'USER:KIND' with KIND one of {sorted(ATTACKS)}, got {value!r}"
+        )
+    return user, kind
+
+
+def _run_config(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in overrides.items() if k != ATTACK_KEY}
+
+
+def _honest(results: RunResults, liar: str | None) -> RunResults:
+    """``results`` without the liar's metrics (so it drops out of Delta and the columns)."""
+    if liar is None:
+        return results
+    rounds = [
+        replace(r, metrics={u: m for u, m in r.metrics.items() if u != liar})
+        for r in results.rounds
+    ]
+    return replace(results, rounds=rounds)
 
 
 def _run_key(overrides: Mapping[str, Any]) -> str:
@@ -99,10 +136,13 @@ def _run_one(overrides: dict[str, Any], directory: Path, threads: int) -> RunRes
     """One in-process run in its own process; its log goes to ``directory/log.txt``."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "overrides.json").write_text(json.dumps(overrides, indent=1, sort_keys=True))
+    run_config = _run_config(overrides) | {"output-dir": str(directory)}
     command = [
         sys.executable, "-m", "server_app.inprocess", "--threads", str(threads),
-        "--run-config", toml_overrides(overrides | {"output-dir": str(directory)}),
+        "--run-config", toml_overrides(run_config),
     ]  # fmt: skip
+    if ATTACK_KEY in overrides:
+        command += ["--attack", str(overrides[ATTACK_KEY])]
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "FLWR_TELEMETRY_ENABLED": "0"}
     with open(directory / "log.txt", "wb") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -133,7 +173,9 @@ def run_sweep(
             ours = dict(base) | variant.overrides | {"seed": seed}
             local = local_overrides(ours)
             for overrides in (ours, local):  # a bad value stops the sweep before any run
-                RunConfig.from_run_config(overrides)
+                RunConfig.from_run_config(_run_config(overrides))
+            if ATTACK_KEY in ours:
+                parse_attack(ours[ATTACK_KEY])
             plan[_run_key(ours)] = ours
             plan[_run_key(local)] = local
             cells[(variant.name, seed)] = (_run_key(ours), _run_key(local))
@@ -211,7 +253,10 @@ def sweep_table(
             k: [] for k in ("delta", "worst", "improved", "metric", "local")
         }
         per_user: dict[str, list[float]] = {}
+        attack = {**base, **variant.overrides}.get(ATTACK_KEY)
+        liar = parse_attack(attack)[0] if attack is not None else None
         for ours, local in per_seed.values():
+            local = _honest(local, liar)
             row = delta_table(local, {variant.name: ours})[variant.name]
             for key in ("delta", "worst", "improved"):
                 rows[key].append(row[key])

@@ -102,11 +102,14 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run_inprocess(run_config: Mapping[str, Any], *, run_id: int = 1) -> Path:
+def run_inprocess(
+    run_config: Mapping[str, Any], *, run_id: int = 1, attack: tuple[str, str] | None = None
+) -> Path:
     """Run the ServerApp over an in-process grid, one node per user; return results.json.
 
     ``run_config`` holds run-config keys (kebab-case) over the defaults. Client state goes
     to ``state-dir`` when given, else to a temporary directory removed afterwards.
+    ``attack`` = (user id, kind): that user sends a lying Z (:mod:`client_app.attacks`).
     """
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -118,13 +121,20 @@ def run_inprocess(run_config: Mapping[str, Any], *, run_id: int = 1) -> Path:
 
     config = dict(RunConfig.from_run_config(run_config).to_dict())
     users = load_federation(config["federation"]).users
+    app = client_app
+    if attack is not None:
+        from client_app.attacks import lying_client_app
+
+        if attack[0] not in {u.id for u in users}:
+            raise ValueError(f"attack names user {attack[0]!r}, not in the federation")
+        app = lying_client_app(client_app, liar=attack[0], attack=attack[1], seed=config["seed"])
     nodes = {1000 + i: {"partition-id": i, "num-partitions": len(users)} for i in range(len(users))}
     # Flower reads the running task's identity when a Message is built.
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, 1
     with tempfile.TemporaryDirectory(prefix="fedmuscle-state-") as scratch:
         if not config["state-dir"]:
             config["state-dir"] = scratch
-        grid = InProcessGrid(client_app, nodes, config, run_id=run_id)
+        grid = InProcessGrid(app, nodes, config, run_id=run_id)
         with contextlib.suppress(RunFailed):  # results.json says so, as after a Flower run
             server_main(grid, Context(run_id, 0, {}, RecordDict(), config))
     return Path(config["output-dir"]).expanduser() / f"run-{run_id}" / "results.json"
@@ -136,13 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="", help="TOML overrides: 'tau=0.2 seed=1'")
     parser.add_argument("--run-id", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    parser.add_argument("--attack", default="", metavar="USER:KIND", help="a lying user")
     args = parser.parse_args(argv)
+    attack = None
+    if args.attack:
+        user, _, kind = args.attack.partition(":")
+        attack = (user, kind)
     overrides = parse_toml_overrides(args.run_config)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    path = run_inprocess(overrides, run_id=args.run_id)
+    path = run_inprocess(overrides, run_id=args.run_id, attack=attack)
     status = json.loads(path.read_text()).get("status")
     print(f"results: {path} ({status})", flush=True)
     return 0 if status == "complete" else 1

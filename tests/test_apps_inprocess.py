@@ -220,7 +220,7 @@ def test_screening_leaves_a_lying_user_out_of_every_payload(tmp_path, mode):
     last = scored[-1].screening
     assert last[liar]["flagged"]
     assert last[liar]["score"] < min(v["score"] for u, v in last.items() if u != liar)
-    for earlier, later in zip(results.rounds, results.rounds[1:]):
+    for earlier, later in zip(results.rounds, results.rounds[1:], strict=False):
         excluded = {u for u, v in earlier.screening.items() if v["excluded"]}
         assert mode == "exclude" or not excluded
         for user in excluded:  # out of the next round's exchange, both ways

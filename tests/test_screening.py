@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client_app.attacks import ATTACKS
+from fedmuscle_flwr.attacks import ATTACKS
 from fedmuscle_flwr.screening import MIN_ROUNDS, combined_score, round_scores, screen
 
 B, D, LATENT = 64, 32, 8

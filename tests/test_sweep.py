@@ -7,7 +7,14 @@ import json
 import pytest
 
 from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
-from fedmuscle_flwr.sweep import Variant, local_overrides, main, parse_variants, sweep_table
+from fedmuscle_flwr.sweep import (
+    Variant,
+    local_overrides,
+    main,
+    parse_attack,
+    parse_variants,
+    sweep_table,
+)
 from tests.tiny import TINY_FEDERATION
 
 
@@ -33,6 +40,23 @@ def test_local_baseline_drops_collaboration_keys_only():
     assert local_overrides(ours) == {
         "validation-fraction": 0.15, "label-budget": 100, "seed": 2, "algorithm": "local",
     }  # fmt: skip
+
+
+def test_an_attack_is_the_sweeps_key_not_the_run_configs():
+    ours = {"attack": "a:random", "screening": "exclude", "seed": 0}
+    assert local_overrides(ours) == {"seed": 0, "algorithm": "local"}
+    assert parse_attack("vit-cls:replay") == ("vit-cls", "replay")
+    for bad in ("vit-cls", "vit-cls:lies", ":random"):
+        with pytest.raises(SystemExit, match="USER:KIND"):
+            parse_attack(bad)
+
+
+def test_with_an_attack_delta_counts_the_honest_users_only():
+    variants = [Variant("lie", {"attack": "a:random"})]
+    outcome = {"lie": {0: (_run(0.1, "muscle"), _run(0.5, "local"))}}
+    _, raw = sweep_table(variants, outcome, base={})
+    assert set(raw["variants"]["lie"]["per_user"]) == {"b"}  # the liar "a" is left out
+    assert raw["variants"]["lie"]["delta"] == [0.0]
 
 
 def _run(value: float, algorithm: str) -> RunResults:
