@@ -132,6 +132,7 @@ def _round_work(
         instruction.payload,
         weight=config.lambda_at(instruction.round_id),
     )
+    metrics |= trainer.privacy_spent()  # dp-epsilon, dp-delta with dp = true
     metrics |= trainer.evaluate()
     representation = None
     if instruction.next_indices is not None:

@@ -113,6 +113,16 @@ class RunConfig:
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
     screening_min_rounds: int = 5  # rounds scored before "exclude" may leave a user out
+    dp: bool = False  # DP-SGD (Opacus) for every user's supervised steps (fedmuscle_flwr.privacy)
+    dp_epsilon: float = 8.0  # target epsilon per user for the whole run (inf: no noise)
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0  # per-example gradient clipping norm
+
+    @property
+    def private_steps(self) -> int:
+        """The most DP-SGD steps a user can take in this run (the paired gate: two branches)."""
+        branches = 2 if self.gate == "paired" and self.collaborative else 1
+        return self.num_server_rounds * self.local_steps * branches
 
     def __post_init__(self) -> None:
         _choice("algorithm", self.algorithm, tuple(list_algorithms()))
@@ -124,6 +134,12 @@ class RunConfig:
         _choice("gate", self.gate, GATES)
         _choice("partner_selection", self.partner_selection, PARTNER_SELECTIONS)
         _choice("screening", self.screening, SCREENING_MODES)
+        if not (self.dp_epsilon > 0 and not math.isnan(self.dp_epsilon)):
+            raise ConfigError(f"dp-epsilon must be > 0 (inf: no noise), got {self.dp_epsilon!r}")
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError(f"dp-delta must be in (0, 1), got {self.dp_delta!r}")
+        if not (math.isfinite(self.dp_max_grad_norm) and self.dp_max_grad_norm > 0):
+            raise ConfigError(f"dp-max-grad-norm must be > 0, got {self.dp_max_grad_norm!r}")
         if not math.isfinite(self.screening_threshold):
             raise ConfigError(
                 f"screening-threshold must be a finite number, got {self.screening_threshold!r}"

@@ -61,6 +61,8 @@ class RoundRecord:
     partners: dict[str, list[str]] = field(default_factory=dict)  # the payloads sent this round
     # screening of this round's Z: {user id: {"score", "excluded", "flagged"}} (empty: off)
     screening: dict[str, dict[str, float | bool]] = field(default_factory=dict)
+    # with dp = true: {user id: {"epsilon", "delta"}} spent by the end of this round
+    privacy: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -167,6 +169,11 @@ class RunResults:
             f" | up {human_bytes(sum(record.uplink_bytes.values()))}"
             f", down {human_bytes(sum(record.downlink_bytes.values()))}"
             f" | server {record.server_ms:.1f} ms | {record.seconds:.1f} s"
+            + (
+                f" | epsilon <= {max(p['epsilon'] for p in record.privacy.values()):.2f}"
+                if record.privacy
+                else ""
+            )
             + (f" | left out: {', '.join(sorted(record.failed))}" if record.failed else "")
         )
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -22,6 +22,12 @@ from fedmuscle_flwr.data.users import UserData
 from fedmuscle_flwr.federation import UserProfile
 from fedmuscle_flwr.models import ClientModel
 from fedmuscle_flwr.payload import UserPayload
+from fedmuscle_flwr.privacy import (
+    PrivacySettings,
+    PrivateSteps,
+    make_private_model,
+    task_parameters,
+)
 
 __all__ = ["TrainSettings", "Trainer", "contrastive_objective", "gate_decision", "resolve_device"]
 
@@ -47,6 +53,9 @@ class TrainSettings:
     gate: str = "off"
     gate_tolerance: float = 0.0
     gate_max_scale: float = 1.0
+    dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    private_steps: int = 0  # the most DP steps the run can take (sets the noise)
 
     def __post_init__(self) -> None:
         if self.algorithm not in list_algorithms():
@@ -73,6 +82,13 @@ class TrainSettings:
             gate=config.gate,
             gate_tolerance=config.gate_tolerance,
             gate_max_scale=config.gate_max_scale,
+            dp=config.dp,
+            privacy=PrivacySettings(
+                epsilon=config.dp_epsilon,
+                delta=config.dp_delta,
+                max_grad_norm=config.dp_max_grad_norm,
+            ),
+            private_steps=config.private_steps,
         )
 
 
@@ -143,21 +159,36 @@ class Trainer:
         device: torch.device,
         seed: int,
     ) -> None:
+        if settings.dp:  # BatchNorm mixes examples: GroupNorm instead (privacy module)
+            model = cast(ClientModel, make_private_model(model))
         self.model = model.to(device)
         self.data = data
         self.settings = settings
         self.device = device
-        self.optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=settings.learning_rate)
-        # A second AdamW for the contrastive objective (optimizer-state = "separate"): its
-        # moments never mix with the task's; lambda then scales its learning rate, since
-        # Adam's step is invariant to the scale of the loss.
+        self._splits: dict[int, CollatedSplit] = {}  # id(data set) -> its converted rows
+        self.generator = torch.Generator().manual_seed(seed)
+        supervised = model.trainable_parameters()
+        if settings.dp:  # the DP optimiser holds what the task loss reaches, nothing else
+            supervised = self._task_parameters()
+        self.optimizer = torch.optim.AdamW(supervised, lr=settings.learning_rate)
+        # A second AdamW for the contrastive objective (optimizer-state = "separate", and
+        # always with DP, whose optimiser must not see public-data steps): its moments never
+        # mix with the task's; lambda then scales its learning rate, since Adam's step is
+        # invariant to the scale of the loss.
         self.contrastive_optimizer: torch.optim.Optimizer | None = None
-        if settings.optimizer_state == "separate":
+        if settings.optimizer_state == "separate" or settings.dp:
             self.contrastive_optimizer = torch.optim.AdamW(
                 [p for p in model.trainable_parameters() if not _is_head(model, p)],
                 lr=settings.learning_rate,
             )
-        self.generator = torch.Generator().manual_seed(seed)
+        self.private: PrivateSteps | None = None
+        if settings.dp:
+            self.private = PrivateSteps(
+                self.model, supervised, self.optimizer,
+                num_examples=len(data.train), batch_size=settings.batch_size,
+                max_steps=settings.private_steps, settings=settings.privacy,
+                generator=self.generator,
+            )  # fmt: skip
         # The user's own state of torch's global generators (dropout, and any other op that
         # draws from them): a round's work runs under it (:meth:`random_state`), so it never
         # depends on which users a process served before.
@@ -168,7 +199,6 @@ class Trainer:
         }
         self.rounds_done = 0
         self.gate_scale = 1.0  # the validation gate's multiplier of lambda
-        self._splits: dict[int, CollatedSplit] = {}  # id(data set) -> its converted rows
 
     # ------------------------------------------------------------------ round steps
 
@@ -218,9 +248,13 @@ class Trainer:
         in favour of the contrastive one), so a contrastive update is judged after the task
         has had its steps on it, not before.
         """
+        paired = self.settings.gate == "paired" and self.data.validation is not None
+        if self.private is not None:  # refuse before any step that would pass the budget
+            both = paired and payload is not None and indices is not None
+            self.private.check_budget(self.settings.local_steps * (2 if both else 1))
         if payload is None or indices is None:
             return {"train-loss": self.supervised_update()}
-        if self.settings.gate != "paired" or self.data.validation is None:
+        if not paired:
             return self._round_steps(indices, payload, weight)
         start = self._snapshot(full=True)
         alone = {"train-loss": self.supervised_update()}
@@ -260,6 +294,8 @@ class Trainer:
 
     def supervised_update(self) -> float:
         """``local_steps`` optimiser steps on the task loss; returns the mean loss."""
+        if self.private is not None:
+            return self._private_update(self.private)
         self.model.train()
         losses = []
         for indices in self._minibatches(self.settings.local_steps):
@@ -269,6 +305,26 @@ class Trainer:
             self._step(loss)
             losses.append(float(loss.detach()))
         return sum(losses) / len(losses)
+
+    def _private_update(self, private: PrivateSteps) -> float:
+        """``local_steps`` DP-SGD steps on Poisson-sampled minibatches; the mean loss."""
+        self.model.train()
+        losses = []
+        for indices in private.minibatches(self.settings.local_steps):
+            if not indices:  # an empty sample: no update, the step still counts
+                private.skip()
+                continue
+            loss = self.model.task_loss(self._batch(self.data.train, indices))
+            _check_finite(loss)
+            private.step(loss)
+            losses.append(float(loss.detach()))
+        return sum(losses) / len(losses) if losses else float("nan")
+
+    def privacy_spent(self) -> dict[str, float]:
+        """``dp-epsilon`` and ``dp-delta`` spent so far (empty without DP)."""
+        if self.private is None:
+            return {}
+        return {"dp-epsilon": self.private.epsilon(), "dp-delta": self.settings.privacy.delta}
 
     def contrastive_update(
         self, indices: Sequence[int], payload: UserPayload, *, weight: float | None = None
@@ -323,7 +379,12 @@ class Trainer:
             weight = 1.0
         self.model.train()
         losses = []
-        with self._public_norm():
+        hooks = (
+            contextlib.nullcontext()
+            if self.private is None
+            else self.private.no_per_example_gradients()
+        )
+        with self._public_norm(), hooks:
             for _ in range(self.settings.contrastive_steps):
                 with self._autocast():
                     z = self.model.encode_public(batch)
@@ -386,6 +447,7 @@ class Trainer:
             "rng_state": dict(self.rng_state),
             "rounds_done": self.rounds_done,
             "gate_scale": self.gate_scale,
+            "privacy": None if self.private is None else self.private.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -399,6 +461,8 @@ class Trainer:
             self.rng_state = dict(state["rng_state"])
         self.rounds_done = int(state["rounds_done"])
         self.gate_scale = float(state.get("gate_scale", 1.0))
+        if self.private is not None and state.get("privacy"):
+            self.private.load_state_dict(state["privacy"])
 
     # ------------------------------------------------------------------ helpers
 
@@ -416,11 +480,16 @@ class Trainer:
         batch = split.take(indices)
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
+    def _task_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters the task loss reaches (probed on one training batch)."""
+        rows = range(min(self.settings.batch_size, len(self.data.train)))
+        batch = self._batch(self.data.train, rows)
+        with torch.random.fork_rng(devices=[]):
+            self.model.train()
+            return task_parameters(self.model, lambda: self.model.task_loss(batch))
+
     def _step(self, loss: Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss {float(loss)}: lower the learning rate or tau"
-            )
+        _check_finite(loss)
         optimizer = optimizer or self.optimizer
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -461,6 +530,11 @@ class Trainer:
         if not self.settings.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+def _check_finite(loss: Tensor) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {float(loss)}: lower the learning rate or tau")
 
 
 def _is_head(model: ClientModel, param: torch.nn.Parameter) -> bool:

@@ -262,6 +262,12 @@ class FedMuscleStrategy(Strategy):
         representations = self._collect(server_round, replies, state, record)
         for node, partners in state.partners.items():
             record.partners[self._user_name(node)] = [self._user_name(p) for p in partners]
+        for user, metrics in record.metrics.items():  # dp = true: what each user has spent
+            if "dp-epsilon" in metrics:
+                record.privacy[user] = {
+                    "epsilon": metrics["dp-epsilon"],
+                    "delta": metrics.get("dp-delta", self.config.dp_delta),
+                }
         start = time.perf_counter()
         if state.next is not None:
             state.next.payloads = self._compute_payloads(representations, server_round, record)

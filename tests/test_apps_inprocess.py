@@ -226,3 +226,22 @@ def test_screening_leaves_a_lying_user_out_of_every_payload(tmp_path):
             assert user not in later.partners
             assert all(user not in partners for partners in later.partners.values())
     assert liar not in results.rounds[-1].partners
+
+
+def test_dp_run_reports_epsilon_per_user_and_round_and_stops_at_the_budget(tmp_path):
+    dp = {"dp": True, "dp-epsilon": 4.0, "gate": "off"}
+    first = run(tmp_path, **{"num-server-rounds": 2, **dp})
+    for record in first.rounds:
+        assert set(record.privacy) == set(first.users)
+        assert all(p["delta"] == 1e-5 for p in record.privacy.values())
+    for user in first.users:
+        spent = [r.privacy[user]["epsilon"] for r in first.rounds]
+        assert 0 < spent[0] < spent[1] <= 4.0 * (1 + 1e-6)
+    # The planned run spent the budget: one more round would pass it, so every user stops.
+    run_dir = tmp_path / "out" / "run-7"
+    more = run(
+        tmp_path, fails=RunFailed, **{"num-server-rounds": 3, "resume-from": str(run_dir), **dp}
+    )
+    assert [r.round for r in more.rounds] == [1, 2, 3]
+    assert set(more.rounds[-1].failed) == set(first.users)
+    assert all("privacy budget spent" in why for why in more.rounds[-1].failed.values())

@@ -544,3 +544,45 @@ def test_checkpoint_of_another_model_is_refused() -> None:
     del state["head.weight"]
     with pytest.raises(ValueError, match=r"missing \['head.weight'\]"):
         cnn.load_checkpoint_state(state)
+
+
+# ------------------------------------------------------------------ differential privacy
+@pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora"])
+@pytest.mark.parametrize(("name", "task"), model_cases(all_tasks=False))
+def test_dp_per_example_gradients_are_each_examples_gradient(
+    name: str, task: str, lora: dict[str, Any] | None
+) -> None:
+    """Under DP (Opacus hooks) every parameter the task loss reaches gets per-example
+    gradients, and each equals the gradient of that example's loss on its own."""
+    from fedmuscle_flwr.privacy import PrivacySettings, PrivateSteps, make_private_model
+    from fedmuscle_flwr.privacy import task_parameters as reached
+
+    model = make_private_model(build(name, task, lora=lora, seed=0))
+    model.train()
+    for norm in model.modules():  # none left to train; frozen ones use running statistics
+        if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+            assert not norm.training and not any(p.requires_grad for p in norm.parameters())
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for module in model.modules():  # HF attention dropout, stochastic depth: floats
+        for attribute in ("dropout", "drop_prob"):
+            if isinstance(getattr(module, attribute, None), float):
+                setattr(module, attribute, 0.0)
+    model.train()
+    batch = make_batch(model.modality, task)
+    params = reached(model, lambda: model.task_loss(batch))
+    private = PrivateSteps(
+        model, params, torch.optim.SGD(params, lr=0.0), num_examples=64, batch_size=B,
+        max_steps=1, settings=PrivacySettings(epsilon=math.inf), generator=torch.Generator(),
+    )  # fmt: skip
+    model.task_loss(batch).backward()
+    for p in params:
+        assert p.grad_sample is not None and p.grad_sample.shape == (B, *p.shape)
+    for i in (0, B - 1):
+        one = {k: v[i : i + 1] for k, v in batch.items()}  # tensors and lists alike
+        with private.no_per_example_gradients():
+            grads = torch.autograd.grad(model.task_loss(one), params, allow_unused=True)
+        for p, g in zip(params, grads, strict=True):
+            expected = torch.zeros_like(p) if g is None else g
+            torch.testing.assert_close(p.grad_sample[i], expected, rtol=1e-3, atol=1e-5)
