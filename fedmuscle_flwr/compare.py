@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedmuscle_flwr.data.sources import get_data_source
 from fedmuscle_flwr.launch import exit_on_sigterm, parse_toml_overrides
 from fedmuscle_flwr.plots import plot_learning_curves
 from fedmuscle_flwr.results import (
@@ -179,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m fedmuscle_flwr.compare", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--dataset", choices=("world", "real"), default="world")
+    parser.add_argument(
+        "--dataset", default="world", help="a data source: world, real, hub or a plug-in's"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--federation")
@@ -199,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run nothing: summarise the complete seeds of an earlier comparison's output DIR",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    try:
+        get_data_source(args.dataset)
+    except KeyError as err:
+        parser.error(str(err))
     overrides: dict[str, Any] = {"dataset": args.dataset}
     if args.rounds is not None:
         overrides["num-server-rounds"] = args.rounds

@@ -85,6 +85,9 @@ class DataSpec:
     private_size: int = 1200
     test_fraction: float = 0.2
     world_seed: int = 0
+    # [data.sources]: role (a task id, or "public") -> options of the data source (the
+    # "hub" source reads name, data-files, data-dir); hashable pairs, sorted
+    sources: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DataSpec:
@@ -94,7 +97,34 @@ class DataSpec:
             private_size=int(data.get("private-size", 1200)),
             test_fraction=float(data.get("test-fraction", 0.2)),
             world_seed=int(data.get("world-seed", 0)),
+            sources=_source_options(data.get("sources", {})),
         )
+
+    def source_options(self, role: str) -> dict[str, Any]:
+        """The ``[data.sources]`` options of ``role`` (empty when not given)."""
+        for name, options in self.sources:
+            if name == role:
+                return {k: list(v) if isinstance(v, tuple) else v for k, v in options}
+        return {}
+
+
+def _source_options(table: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    """``[data.sources]`` as hashable pairs; a plain string stands for ``{name = ...}``."""
+    if not isinstance(table, Mapping):
+        raise FederationError(f"[data.sources] must be a table, got {table!r}")
+    pairs = []
+    for role, value in table.items():
+        options = {"name": value} if isinstance(value, str) else value
+        if not isinstance(options, Mapping) or not isinstance(options.get("name"), str):
+            raise FederationError(
+                f"[data.sources] {role} must be a data set name or a table with a name, "
+                f"got {value!r}"
+            )
+        frozen = tuple(
+            (str(k), tuple(v) if isinstance(v, list) else v) for k, v in sorted(options.items())
+        )
+        pairs.append((str(role), frozen))
+    return tuple(sorted(pairs))
 
 
 @dataclass(frozen=True)

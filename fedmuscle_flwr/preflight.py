@@ -1,4 +1,4 @@
-"""Checks that can be made before a run starts: every user's model type, task and config.
+"""Checks made before a run starts: users' model types, tasks and configs; the data source.
 
 ``simulate`` runs them before launching Flower, and the ServerApp at its start (for plain
 ``flwr run`` and deployment), so a typo in a federation file stops the run in a second
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedmuscle_flwr.config import ConfigError, RunConfig
+from fedmuscle_flwr.data.sources import get_data_source
 from fedmuscle_flwr.federation import Federation, UserProfile, load_federation
 from fedmuscle_flwr.models.registry import MODELS
 from fedmuscle_flwr.tasks import get_task
@@ -47,6 +48,10 @@ def check_run(config: RunConfig, federation: Federation | None = None) -> Federa
     """Check every user of the run's federation; raise one ConfigError listing all problems."""
     federation = federation or load_federation(config.federation)
     problems = [p for profile in federation.users for p in user_problems(profile)]
+    try:
+        get_data_source(config.dataset)
+    except KeyError as err:
+        problems.append(f"dataset: {err.args[0] if err.args else err}")
     if problems:
         raise ConfigError(
             f"federation {federation.source!r}: " + "; ".join(problems) + ". Fix the "

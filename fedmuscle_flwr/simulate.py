@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--algorithm", choices=list_algorithms())
-    parser.add_argument("--dataset", choices=("world", "real"))
+    parser.add_argument("--dataset", help="a data source: world, real, hub or a plug-in's")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--federation", help="a shipped federation name or a TOML path")

@@ -2,21 +2,21 @@
 
 Each task's private set is split among the users of that task (IID or Dirichlet by label,
 with flwr-datasets partitioners), and each share into train and held-out test. The source
-is one run-config value: ``world`` (the procedural world) or ``real`` (the offline
-real-data federation from Debian packages).
+is one run-config value, ``dataset``: a registered data source
+(:mod:`fedmuscle_flwr.data.sources`: ``world``, ``real``, ``hub``, or a plug-in).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from datasets import Dataset
 
 from fedmuscle_flwr.data.partition import user_split
+from fedmuscle_flwr.data.sources import get_data_source
 from fedmuscle_flwr.federation import Federation, UserProfile
 
-__all__ = ["DATA_SOURCES", "UserData", "load_user_data"]
+__all__ = ["UserData", "load_user_data"]
 
 
 @dataclass(frozen=True)
@@ -29,58 +29,6 @@ class UserData:
     num_classes: int
     image_size: int | None = None
     validation: Dataset | None = None
-
-
-# source name -> (private set of a task, public set, number of classes of a task)
-Source = tuple[
-    Callable[[Federation, str], Dataset],
-    Callable[[Federation, int], Dataset],
-    Callable[[Federation, str], int],
-]
-
-
-def _world_source() -> Source:
-    from fedmuscle_flwr.data.world import WorldConfig, num_classes, private_dataset, public_dataset
-
-    def config(fed: Federation, public_size: int = 0) -> WorldConfig:
-        return WorldConfig(
-            seed=fed.data.world_seed,
-            image_size=fed.data.image_size,
-            private_size=fed.data.private_size,
-            public_size=public_size,
-        )
-
-    return (
-        lambda fed, task: private_dataset(config(fed), task),
-        lambda fed, size: public_dataset(config(fed, size)),
-        lambda fed, task: num_classes(config(fed), task),
-    )
-
-
-def _real_source() -> Source:
-    from fedmuscle_flwr.data.real import (
-        RealDataConfig,
-        load_real_private,
-        load_real_public,
-        real_num_classes,
-    )
-
-    def config(fed: Federation) -> RealDataConfig:
-        return RealDataConfig(
-            seed=fed.data.world_seed,
-            image_size=fed.data.image_size,
-            fashion_train_size=fed.data.private_size,
-            wordnet_max_per_class=max(1, fed.data.private_size // 16),
-        )
-
-    return (
-        lambda fed, task: load_real_private(task, config(fed), split="train"),
-        lambda fed, size: load_real_public(config(fed)).select(range(size)),
-        lambda fed, task: real_num_classes(task, config(fed)),
-    )
-
-
-DATA_SOURCES: dict[str, Callable[[], Source]] = {"world": _world_source, "real": _real_source}
 
 
 def load_user_data(
@@ -101,12 +49,10 @@ def load_user_data(
     every algorithm, so a local baseline trains on exactly the examples a collaborative
     run trains on.
     """
-    if source not in DATA_SOURCES:
-        raise ValueError(f"dataset must be one of {sorted(DATA_SOURCES)}, got {source!r}")
-    private, public, classes = DATA_SOURCES[source]()
+    data_source = get_data_source(source)
     peers = federation.peers(profile)
     split = user_split(
-        private(federation, profile.task),
+        data_source.private(federation, profile.task),
         num_partitions=len(peers),
         partition_id=peers.index(profile),
         scheme=profile.partition,
@@ -115,7 +61,7 @@ def load_user_data(
         test_fraction=federation.data.test_fraction,
     )
     try:
-        public_set = public(federation, public_size)
+        public_set = data_source.public(federation, public_size)
     except IndexError as err:
         raise ValueError(
             f"public-size={public_size} is larger than the {source!r} public set"
@@ -144,6 +90,6 @@ def load_user_data(
         validation=validation,
         test=split["test"],
         public=public_set,
-        num_classes=classes(federation, profile.task),
+        num_classes=data_source.num_classes(federation, profile.task),
         image_size=federation.data.image_size,
     )

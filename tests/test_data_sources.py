@@ -1,0 +1,170 @@
+"""Data sources as plug-ins: the registry, the hub source on local files, a custom source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasets import ClassLabel, Dataset, Features, Value
+
+from fedmuscle_flwr._registry import UnknownNameError
+from fedmuscle_flwr.config import ConfigError, RunConfig
+from fedmuscle_flwr.data import DataSource, get_data_source, list_data_sources
+from fedmuscle_flwr.data.sources import SOURCES, register_data_source
+from fedmuscle_flwr.data.users import load_user_data
+from fedmuscle_flwr.federation import FederationError, load_federation
+from fedmuscle_flwr.preflight import check_run
+from tests.test_data_hub import image_struct, rgb
+
+HUB_FEDERATION = """
+[data]
+image-size = 32
+test-fraction = 0.25
+
+[data.sources]
+image-classification = { name = "cifar10", data-files = "cifar.parquet", cache-dir = "hf" }
+text-classification = { name = "ag_news", data-files = ["news.parquet"], cache-dir = "hf" }
+public = { name = "flickr30k", data-files = "flickr.parquet", cache-dir = "hf" }
+
+[[users]]
+id = "cnn-a"
+model = "small-cnn"
+task = "image-classification"
+partition = "iid"
+[users.model-config]
+image_size = 32
+channels = [8, 16, 32, 32]
+stem_width = 8
+
+[[users]]
+id = "cnn-b"
+model = "small-cnn"
+task = "image-classification"
+partition = "iid"
+[users.model-config]
+image_size = 32
+channels = [8, 16, 32, 32]
+stem_width = 8
+
+[[users]]
+id = "bert-news"
+model = "bert"
+task = "text-classification"
+partition = "iid"
+[users.model-config]
+vocab_size = 512
+hidden_size = 32
+num_layers = 1
+num_heads = 2
+max_length = 24
+"""
+
+
+@pytest.fixture
+def hub_federation(tmp_path: Path) -> Path:
+    """A federation whose tasks name real data sets, as local parquet files beside it."""
+    pq.write_table(
+        pa.table({"img": image_struct(rgb(40)), "label": [i % 10 for i in range(40)]}),
+        tmp_path / "cifar.parquet",
+    )
+    words = ["markets rally", "cup final", "new chip", "peace talks"]
+    pq.write_table(
+        pa.table({"text": [f"{words[i % 4]} {i}" for i in range(40)],
+                  "label": [i % 4 for i in range(40)]}),
+        tmp_path / "news.parquet",
+    )  # fmt: skip
+    pq.write_table(
+        pa.table({"image": image_struct(rgb(16, seed=1)),
+                  "caption": [[f"a photo {i}", "x"] for i in range(16)]}),
+        tmp_path / "flickr.parquet",
+    )  # fmt: skip
+    path = tmp_path / "federation.toml"
+    path.write_text(HUB_FEDERATION)
+    return path
+
+
+def test_builtin_sources_and_an_unknown_name() -> None:
+    assert {"world", "real", "hub"} <= set(list_data_sources())
+    with pytest.raises(UnknownNameError, match=r"Known: .*hub.*real.*world"):
+        get_data_source("imagenet")
+    with pytest.raises(ConfigError, match="dataset: unknown data source 'wrold'"):
+        check_run(RunConfig(dataset="wrold"))
+
+
+def test_hub_source_reads_each_tasks_named_set_from_local_files(hub_federation: Path) -> None:
+    federation = load_federation(str(hub_federation))
+    shares = {}
+    for profile in federation.users:
+        data = load_user_data(profile, federation, source="hub", public_size=8)
+        shares[profile.id] = data
+        assert data.num_classes == (10 if profile.task == "image-classification" else 4)
+        assert len(data.public) == 8 and data.public[0]["text"] == "a photo 0"
+    # The two image users split cifar10's 40 rows; the text user has ag_news alone.
+    a, b = shares["cnn-a"], shares["cnn-b"]
+    assert len(a.train) + len(a.test) + len(b.train) + len(b.test) == 40
+    news = shares["bert-news"]
+    assert len(news.train) + len(news.test) == 40 and "text" in news.train.column_names
+    assert (hub_federation.parent / "hf").is_dir()  # the cache-dir, relative to the file
+
+
+def test_hub_source_names_what_is_missing_or_wrong(hub_federation: Path) -> None:
+    text = hub_federation.read_text()
+    hub_federation.write_text(text.replace('text-classification = { name = "ag_news"',
+                                           'text-classification = { name = "cifar10"'))  # fmt: skip
+    federation = load_federation(str(hub_federation))
+    with pytest.raises(FederationError, match=r"'cifar10' is a image-classification data set"):
+        load_user_data(federation.user("bert-news"), federation, source="hub", public_size=8)
+    hub_federation.write_text(text.replace("public = {", "unused = {"))
+    federation = load_federation(str(hub_federation))
+    with pytest.raises(FederationError, match=r"needs \[data.sources\] public"):
+        load_user_data(federation.user("cnn-a"), federation, source="hub", public_size=8)
+    hub_federation.write_text(text + '\n[data.sources.bad]\nfiles = "x"\n')
+    with pytest.raises(FederationError, match="must be a data set name or a table with a name"):
+        load_federation(str(hub_federation))
+
+
+class _Constant(DataSource):
+    """A plug-in source: every task's examples are one grey image per class."""
+
+    def private(self, federation, task):
+        labels = [i % 3 for i in range(30)]
+        images = [np.full((32, 32, 3), 40 * label, dtype=np.uint8) for label in labels]
+        features = Features({"image": _image(), "label": ClassLabel(num_classes=3)})
+        return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+    def public(self, federation, size):
+        images = [np.full((32, 32, 3), i, dtype=np.uint8) for i in range(size)]
+        return Dataset.from_dict(
+            {
+                "image": images,
+                "text": [f"grey {i}" for i in range(size)],
+                "index": list(range(size)),
+            }
+        )
+
+    def num_classes(self, federation, task):
+        return 3
+
+
+def _image():
+    from datasets import Image
+
+    return Image()
+
+
+def test_a_registered_source_serves_a_run_config() -> None:
+    register_data_source("constant")(_Constant)
+    try:
+        assert "constant" in list_data_sources()
+        check_run(RunConfig(dataset="constant"))  # known: no ConfigError
+        federation = load_federation("default")
+        profile = federation.user("cnn-cls")
+        data = load_user_data(profile, federation, source="constant", public_size=4)
+        assert data.num_classes == 3 and len(data.public) == 4
+        assert 0 < len(data.train) + len(data.test) < 30  # its Dirichlet share of the 30
+        assert data.public.features["text"] == Value("string")
+    finally:
+        SOURCES.remove("constant")
