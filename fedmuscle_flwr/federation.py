@@ -6,7 +6,8 @@ hyper-parameters. The federation is a TOML file: ``federation = "default"`` in t
 config picks the one shipped in ``fedmuscle_flwr/federations/``; any other value is a path.
 
 In simulation a node's ``partition-id`` indexes the user list; in deployment a SuperNode's
-``--node-config`` names its user (``user="vit-cls"``), or gives a ``partition-id``.
+``--node-config`` names its user (``user="vit-cls"``), or gives a ``partition-id``. A
+``[[users]]`` table with ``count = N`` declares a group of N alike users (ids numbered).
 """
 
 from __future__ import annotations
@@ -204,7 +205,28 @@ def load_federation(name_or_path: str) -> Federation:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise FederationError(f"{path}: not valid TOML: {err}") from err
-    users = tuple(UserProfile.from_mapping(u) for u in raw.get("users", []))
+    users = tuple(profile for u in raw.get("users", []) for profile in _expand(u))
     return Federation(
         users=users, data=DataSpec.from_mapping(raw.get("data", {})), source=str(path)
     )
+
+
+def _expand(table: Mapping[str, Any]) -> list[UserProfile]:
+    """One ``[[users]]`` table as profiles: a group with ``count = N`` gives N users.
+
+    Their ids are the table's ``id`` with ``-1`` .. ``-N`` appended (zero-padded to the
+    same width, so they sort in order); everything else is shared.
+    """
+    if "count" not in table:
+        return [UserProfile.from_mapping(table)]
+    count = table["count"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise FederationError(
+            f"user group {table.get('id')!r}: count must be a whole number >= 1, got {count!r}"
+        )
+    base = {k: v for k, v in table.items() if k != "count"}
+    width = len(str(count))
+    return [
+        UserProfile.from_mapping(base | {"id": f"{base.get('id')}-{k:0{width}d}"})
+        for k in range(1, count + 1)
+    ]

@@ -10,6 +10,7 @@ import pytest
 from fedmuscle_flwr.config import ConfigError, RunConfig
 from fedmuscle_flwr.federation import FederationError, load_federation
 from fedmuscle_flwr.models import list_client_models
+from fedmuscle_flwr.preflight import check_run
 from fedmuscle_flwr.tasks import list_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +107,7 @@ def test_node_to_user_lookup(tmp_path):
             "duplicate user ids",
         ),
         ("", "lists no users"),
+        ("[[users]]\nid='a'\nmodel='vit'\ntask='x'\ncount=0\n", "count must be a whole number"),
         ("users = [", "not valid TOML"),
     ],
 )
@@ -114,6 +116,29 @@ def test_bad_federation_files(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(FederationError, match=match):
         load_federation(str(path))
+
+
+def test_a_user_group_declares_count_alike_users(tmp_path):
+    path = tmp_path / "fed.toml"
+    path.write_text(
+        "[[users]]\nid='cnn'\ncount=12\nmodel='small-cnn'\ntask='image-classification'\n"
+        "partition='iid'\n[users.model-config]\nstem_width=8\n"
+        "[[users]]\nid='bert'\nmodel='bert'\ntask='text-classification'\n"
+    )
+    users = load_federation(str(path)).users
+    assert [u.id for u in users[:3]] == ["cnn-01", "cnn-02", "cnn-03"]
+    assert users[11].id == "cnn-12" and users[12].id == "bert" and len(users) == 13
+    assert all(u.partition == "iid" and u.model_config == {"stem_width": 8} for u in users[:12])
+
+
+def test_the_hundred_user_federation_ships():
+    federation = load_federation("hundred")
+    assert len(federation.users) == 100 and len({u.id for u in federation.users}) == 100
+    assert {u.task for u in federation.users} == {
+        "image-classification", "multi-label-classification", "semantic-segmentation",
+        "text-classification",
+    }  # fmt: skip
+    assert check_run(RunConfig(federation="hundred")) is not None
 
 
 def test_missing_federation_lists_the_shipped_ones():
