@@ -1,4 +1,4 @@
-"""Server-side FedMuscle math: partner selection and every user's payload from one Gram.
+"""Server-side FedMuscle math: partner selection and every user's payload.
 
 Plain PyTorch on tensors; runs on the best device present (CUDA when available). The
 Flower strategy calls :func:`build_payloads` with the representations that arrived in a
@@ -67,8 +67,9 @@ def linear_cka(grams: Tensor) -> Tensor:
     everyone else.
     """
     batch = grams.shape[-1]
-    centre = torch.eye(batch, dtype=grams.dtype, device=grams.device) - 1.0 / batch
-    centred = (centre @ grams.to(centre.dtype) @ centre).flatten(1)  # (N, B*B)
+    # H K H with H = I - 11^T / B, as K minus its row and column means plus its mean.
+    centred = grams - grams.mean(dim=-1, keepdim=True) - grams.mean(dim=-2, keepdim=True)
+    centred = (centred + grams.mean(dim=(-2, -1), keepdim=True)).flatten(1)  # (N, B*B)
     hsic = centred @ centred.T
     norms = hsic.diagonal().clamp_min(0).sqrt()
     alive = norms > 1e-6 * batch  # unit rows: a real centred Gram has norm of order 1 to B
@@ -104,14 +105,14 @@ def select_relevant_partners(
         raise ValueError(
             f"similarity must be ({len(ordered)}, {len(ordered)}), got {tuple(similarity.shape)}"
         )
-    scores = similarity.detach().double().cpu()
+    scores = similarity.detach().double().cpu().clone()
+    scores.fill_diagonal_(-math.inf)  # never one's own partner: ranked last, then dropped
+    # Most similar first, ties to the lower node id (a stable sort of the negated scores).
+    ranking = torch.sort(-scores, dim=1, stable=True).indices[:, :-1].tolist()
     effective = min(num_partners, len(ordered) - 1)
     selection: dict[int, tuple[int, ...]] = {}
     for row, node in enumerate(ordered):
-        remaining = sorted(
-            (p for p in range(len(ordered)) if p != row),
-            key=lambda p: (-float(scores[row, p]), p),
-        )
+        remaining = ranking[row]
         picks: list[int] = []
         for _ in range(effective):
             explore = float(torch.rand((), generator=generator)) < exploration
@@ -135,9 +136,11 @@ def build_payloads(
 ) -> dict[int, UserPayload]:
     """Every user's payload from the representations that arrived this round.
 
-    One Gram matrix of all stacked Z's, (N*B) x (N*B), is computed on ``device`` (default:
-    :func:`best_device`); each user's pairwise log-alpha blocks are slices of it divided by
-    ``tau_alpha``. Users with no partner (only one arrival) are left out of the result.
+    On ``device`` (default: :func:`best_device`) it computes the blocks of the Gram matrix
+    of all stacked Z's that are needed, never the whole (N*B) x (N*B) matrix: the N
+    diagonal blocks Z_n Z_n^T (relevance) and, for each user, the blocks Z_k Z_l^T of its
+    partner pairs divided by ``tau_alpha`` (its log-alpha factors). Memory grows as
+    N * B^2, not (N * B)^2. Users with no partner (only one arrival) are left out.
 
     Parameters
     ----------
@@ -160,7 +163,7 @@ def build_payloads(
     selection
         ``"random"`` (the paper) or ``"relevance"``: partners ranked by linear CKA of their
         representations on this batch (:func:`select_relevant_partners`), computed from the
-        diagonal blocks of the same Gram matrix.
+        diagonal blocks Z_n Z_n^T.
     exploration
         With ``"relevance"``: the chance that a partner slot is filled at random.
     """
@@ -176,43 +179,49 @@ def build_payloads(
         raise ValueError(f"selection must be 'random' or 'relevance', got {selection!r}")
     target = torch.device(device) if device is not None else best_device()
     stacked = torch.stack([representations[n] for n in node_ids]).to(target)  # (N, B, d)
-    num_nodes, batch, _ = stacked.shape
-    flat = stacked.reshape(num_nodes * batch, -1)
-    blocks = (flat @ flat.T).view(num_nodes, batch, num_nodes, batch).transpose(1, 2)
+    batch = stacked.shape[1]
     if selection == "relevance":
-        own = torch.arange(num_nodes, device=target)
-        similarity = linear_cka(blocks[own, own].double())
+        own = torch.bmm(stacked, stacked.transpose(1, 2))  # the N diagonal blocks Z_n Z_n^T
+        similarity = linear_cka(own.double())
         chosen = select_relevant_partners(
             node_ids, similarity, num_partners, generator, exploration=exploration
         )
     else:
         chosen = select_partners(node_ids, num_partners, generator)
     position = {node: p for p, node in enumerate(node_ids)}
+    served = [node for node in node_ids if chosen.get(node)]
+    if not served:
+        return {}
+    # Every served user has M_eff partners: all payloads come from a few batched ops on
+    # ``target`` and one copy to the CPU, not from per-user slices of a whole Gram.
+    index = torch.tensor([[position[p] for p in chosen[n]] for n in served], device=target)
+    pairs = list(combinations(range(index.shape[1]), 2))
+    others_all = stacked[index]  # (U, M_eff, B, d)
+    if pairs:
+        # Only the blocks Z_k Z_l^T of each user's partner pairs: the whole Gram of N
+        # users, (N B)^2 numbers, would not fit at a few hundred users.
+        pair_blocks = [
+            torch.bmm(stacked[index[:, k]], stacked[index[:, l]].transpose(1, 2))
+            for k, l in pairs
+        ]
+        log_alpha_all = torch.stack(pair_blocks, dim=1) / tau_alpha  # (U, C, B, B)
+    else:
+        log_alpha_all = stacked.new_zeros((len(served), 0, batch, batch))
+    others_cpu, log_alpha_cpu = others_all.cpu(), log_alpha_all.cpu()
     payloads: dict[int, UserPayload] = {}
-    for node, partners in chosen.items():
-        if not partners:
-            continue
-        index = torch.tensor([position[p] for p in partners], device=target)
-        pairs = list(combinations(range(len(partners)), 2))
-        if pairs:
-            first = index[[k for k, _ in pairs]]
-            second = index[[l for _, l in pairs]]
-            log_alpha_pairs = blocks[first, second] / tau_alpha
-        else:
-            log_alpha_pairs = stacked.new_zeros((0, batch, batch))
-        others = stacked[index]
+    for row, node in enumerate(served):
         aggregated = log_alpha = None
         if dense:
             aggregated, log_alpha = build_dense_payload(
-                others,
+                others_all[row],
                 tau_alpha=tau_alpha,
-                log_alpha_pairs=log_alpha_pairs,
+                log_alpha_pairs=log_alpha_all[row],
                 max_bytes=max_dense_bytes,
             )
         payloads[node] = UserPayload(
-            partner_ids=partners,
-            others=others.cpu(),
-            log_alpha_pairs=log_alpha_pairs.cpu(),
+            partner_ids=chosen[node],
+            others=others_cpu[row],
+            log_alpha_pairs=log_alpha_cpu[row],
             aggregated=None if aggregated is None else aggregated.cpu(),
             log_alpha=None if log_alpha is None else log_alpha.cpu(),
         )

@@ -90,20 +90,19 @@ def round_scores(
     alive = norms > 1e-6 * batch  # unit rows: a real centred Gram has norm of order 1 to B
     unit = centred / norms.clamp_min(1e-30)[:, None, None]
     unit[~alive] = 0.0
-    total = unit.sum(0)
+    consensus = (unit.sum(0, keepdim=True) - unit) / (num_users - 1)  # (N, B, B): the others'
+    size = consensus.flatten(1).norm(dim=1)
+    observed = (unit * consensus).sum((1, 2)) / size.clamp_min(1e-30)
     perms = torch.stack([torch.randperm(batch, generator=generator) for _ in range(permutations)])
-    scores = []
-    for n in range(num_users):
-        consensus = (total - unit[n]) / (num_users - 1)
-        size = consensus.norm()
-        if not alive[n] or size < 1e-12:
-            scores.append(0.0)
-            continue
-        observed = (unit[n] * consensus).sum() / size
-        shuffled = unit[n][perms[:, :, None], perms[:, None, :]]  # (P, B, B): P U_n P^T
-        null = (shuffled * consensus).sum((1, 2)) / size
-        scores.append(float((observed - null.mean()) / null.std().clamp_min(1e-12)))
-    return torch.tensor(scores)
+    rows, cols = perms[:, :, None], perms[:, None, :]
+    nulls = []
+    for start in range(0, num_users, 64):  # (chunk, P, B, B) at a time: bounded memory
+        chunk = slice(start, start + 64)
+        shuffled = unit[chunk][:, rows, cols]  # P U_n P^T for every permutation P
+        nulls.append((shuffled * consensus[chunk, None]).sum((2, 3)))
+    null = torch.cat(nulls) / size.clamp_min(1e-30)[:, None]  # (N, P)
+    scores = (observed - null.mean(1)) / null.std(1).clamp_min(1e-12)
+    return torch.where(alive & (size >= 1e-12), scores, 0.0).float()
 
 
 def combined_score(scores: Sequence[float]) -> float:
