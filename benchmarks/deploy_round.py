@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedmuscle_flwr.launch import run_simulation, toml_overrides  # noqa: E402
-from fedmuscle_flwr.results import write_markdown_section  # noqa: E402
+from fedmuscle_flwr.markdown import write_markdown_section  # noqa: E402
 
 TINY = str(ROOT / "tests" / "fixtures" / "federation_tiny.toml")
 USERS = 4

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedmuscle_flwr.results import write_markdown_section
+from fedmuscle_flwr.markdown import write_markdown_section
 
 CPU_GRID = [(b, m, d) for d in (256, 768) for b in (32, 64, 128) for m in (2, 3, 4)] + [
     (32, 5, 768)

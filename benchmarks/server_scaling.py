@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmuscle_flwr.aggregation import build_payloads
-from fedmuscle_flwr.results import write_markdown_section
+from fedmuscle_flwr.markdown import write_markdown_section
 from fedmuscle_flwr.screening import screen
 
 DOC_TITLE = "# Benchmarks\n\nEvery number here was measured by the script named with it."

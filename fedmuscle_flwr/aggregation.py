@@ -201,8 +201,7 @@ def build_payloads(
         # Only the blocks Z_k Z_l^T of each user's partner pairs: the whole Gram of N
         # users, (N B)^2 numbers, would not fit at a few hundred users.
         pair_blocks = [
-            torch.bmm(stacked[index[:, k]], stacked[index[:, l]].transpose(1, 2))
-            for k, l in pairs
+            torch.bmm(stacked[index[:, k]], stacked[index[:, l]].transpose(1, 2)) for k, l in pairs
         ]
         log_alpha_all = torch.stack(pair_blocks, dim=1) / tau_alpha  # (U, C, B, B)
     else:

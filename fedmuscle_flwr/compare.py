@@ -26,15 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from fedmuscle_flwr.data.sources import get_data_source
+from fedmuscle_flwr.delta import delta_table
 from fedmuscle_flwr.launch import exit_on_sigterm, parse_toml_overrides
+from fedmuscle_flwr.markdown import write_markdown_section
 from fedmuscle_flwr.plots import plot_learning_curves
-from fedmuscle_flwr.results import (
-    RunResults,
-    delta_table,
-    finished_run,
-    write_json_atomic,
-    write_markdown_section,
-)
+from fedmuscle_flwr.results import RunResults, finished_run, write_json_atomic
 from fedmuscle_flwr.simulate import simulate
 
 __all__ = [

@@ -89,3 +89,9 @@ def plot_learning_curves(runs: Mapping[int, Mapping[str, RunResults]], path: Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_plots(results: RunResults, directory: Path) -> None:
+    """``metrics.png`` and ``bytes.png`` of a run, beside its results.json."""
+    plot_metrics(results, directory / "metrics.png")
+    plot_bytes(results, directory / "bytes.png")

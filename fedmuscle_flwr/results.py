@@ -1,4 +1,7 @@
-"""Run results: per-round records, results.json, progress lines, plots, and Delta vs local.
+"""Run results: per-round records, results.json and progress lines (the schema, no more).
+
+Plots of a run are :mod:`fedmuscle_flwr.plots`; Delta against a local run is
+:mod:`fedmuscle_flwr.delta`; markdown sections of the docs are :mod:`fedmuscle_flwr.markdown`.
 
 Schema of ``results.json`` (documented in README.md):
 
@@ -14,8 +17,6 @@ Schema of ``results.json`` (documented in README.md):
 from __future__ import annotations
 
 import json
-import math
-import re
 import statistics
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -28,10 +29,8 @@ __all__ = [
     "RoundRecord",
     "RunResults",
     "UserInfo",
-    "delta_table",
     "finished_run",
     "human_bytes",
-    "relative_changes",
     "write_json_atomic",
 ]
 
@@ -177,16 +176,11 @@ class RunResults:
             + (f" | left out: {', '.join(sorted(record.failed))}" if record.failed else "")
         )
 
-    def write(self, directory: Path, *, plots: bool = True) -> Path:
-        """Write results.json (atomically) and, optionally, the PNG plots; returns the JSON path."""
+    def write(self, directory: Path) -> Path:
+        """Write ``directory/results.json`` atomically; returns its path."""
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "results.json"
         write_json_atomic(path, self.to_dict())
-        if plots:
-            from fedmuscle_flwr.plots import plot_bytes, plot_metrics
-
-            plot_metrics(self, directory / "metrics.png")
-            plot_bytes(self, directory / "bytes.png")
         return path
 
 
@@ -194,21 +188,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary file beside ``path``, then rename it into place."""
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     atomic_write(path, lambda handle: handle.write(text.encode()))
-
-
-def write_markdown_section(path: Path, tag: str, body: str, *, title: str = "# Results") -> None:
-    """Replace (or append) the part of ``path`` between ``<!-- tag -->`` markers.
-
-    Other sections are kept, so several scripts can each own a section of one document.
-    """
-    section = f"<!-- {tag} -->\n{body}\n<!-- /{tag} -->"
-    text = path.read_text() if path.exists() else f"{title}\n"
-    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def human_bytes(n: float) -> str:
@@ -220,22 +199,6 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def relative_changes(local: RunResults, run: RunResults) -> dict[str, float]:
-    """Each user's (m - m_local) / m_local * 100 on its final primary metric.
-
-    Users missing from either run, or with a local metric of 0, are left out.
-    """
-    changes: dict[str, float] = {}
-    local_final = local.final
-    for user_id, metrics in run.final.items():
-        ours = run.primary(user_id, metrics)
-        base = local.primary(user_id, local_final.get(user_id, {}))
-        if ours is None or base is None or base == 0 or not math.isfinite(base):
-            continue
-        changes[user_id] = (ours - base) / base * 100
-    return changes
-
-
 def finished_run(directory: Path) -> RunResults | None:
     """The newest complete run under ``directory`` (``run-*/results.json``), if any."""
     for path in sorted(directory.glob("run-*/results.json"), key=lambda p: p.stat().st_mtime)[::-1]:
@@ -243,25 +206,3 @@ def finished_run(directory: Path) -> RunResults | None:
         if results.complete:
             return results
     return None
-
-
-def delta_table(local: RunResults, others: dict[str, RunResults]) -> dict[str, dict[str, float]]:
-    """Delta of ALGORITHM.md against ``local``, plus the worst user and the share that improved.
-
-    For each algorithm: ``delta`` = mean over users of (m - m_local) / m_local * 100 on the
-    users' primary metrics; ``worst`` = the smallest of those relative changes;
-    ``improved`` = the share of users with m > m_local. Users missing from either run, or
-    with a local metric of 0, are left out and counted in ``skipped``.
-    """
-    table: dict[str, dict[str, float]] = {}
-    for name, run in others.items():
-        changes = list(relative_changes(local, run).values())
-        skipped = len(run.final) - len(changes)
-        table[name] = {
-            "delta": statistics.fmean(changes) if changes else math.nan,
-            "worst": min(changes) if changes else math.nan,
-            "improved": sum(c > 0 for c in changes) / len(changes) if changes else math.nan,
-            "users": float(len(changes)),
-            "skipped": float(skipped),
-        }
-    return table

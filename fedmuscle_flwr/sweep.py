@@ -40,14 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from fedmuscle_flwr.config import COLLABORATION_KEYS, RunConfig
+from fedmuscle_flwr.delta import delta_table, relative_changes
 from fedmuscle_flwr.launch import parse_toml_overrides, toml_overrides
-from fedmuscle_flwr.results import (
-    RunResults,
-    delta_table,
-    finished_run,
-    relative_changes,
-    write_json_atomic,
-)
+from fedmuscle_flwr.results import RunResults, finished_run, write_json_atomic
 
 __all__ = ["Variant", "local_overrides", "parse_variants", "run_sweep", "sweep_table"]
 

@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.plots import write_plots
 from fedmuscle_flwr.preflight import check_run
 from server_app.checkpoint import load_checkpoint
 from server_app.fast_grid import wrap_grid
@@ -54,6 +55,7 @@ def main(grid: Grid, context: Context) -> None:
         results = strategy.results
         results.finish(users, error)
         path = results.write(out_dir)
+        write_plots(results, out_dir)
         print(f"results: {path.resolve()} ({results.status})", flush=True)
     if results.status != "complete":
         raise RunFailed(f"the run failed: {results.reason}")

@@ -285,7 +285,7 @@ class FedMuscleStrategy(Strategy):
         print(line, flush=True)
         self._round = None
         if self.checkpoint_dir is not None:  # the round is on disk before the next starts
-            self.results.write(self.checkpoint_dir, plots=False)
+            self.results.write(self.checkpoint_dir)
             save_checkpoint(self.checkpoint_dir, self.checkpoint())
         return None, self._aggregate_metrics(record)
 

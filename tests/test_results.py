@@ -8,15 +8,10 @@ import math
 import pytest
 
 from fedmuscle_flwr.compare import render_table, summarise
+from fedmuscle_flwr.delta import delta_table
 from fedmuscle_flwr.launch import toml_overrides
-from fedmuscle_flwr.results import (
-    RoundRecord,
-    RunResults,
-    UserInfo,
-    delta_table,
-    human_bytes,
-    write_markdown_section,
-)
+from fedmuscle_flwr.markdown import write_markdown_section
+from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo, human_bytes
 
 
 def run(values: dict[str, float], algorithm: str = "muscle") -> RunResults:
@@ -33,7 +28,7 @@ def run(values: dict[str, float], algorithm: str = "muscle") -> RunResults:
 def test_json_round_trip_and_final(tmp_path):
     results = run({"a": 0.5, "b": 0.8})
     results.rounds[1].failed["c"] = "no reply before the timeout"
-    path = results.write(tmp_path, plots=False)
+    path = results.write(tmp_path)
     assert path.stat().st_mode & 0o777 == 0o644  # results are for everyone who runs the job
     back = RunResults.from_dict(json.loads(path.read_text()))
     assert back.to_dict() == results.to_dict()
@@ -113,11 +108,9 @@ def test_compare_reuses_finished_runs_and_summarises_complete_seeds(tmp_path):
             if seed == 1 and algorithm == "muscle":
                 partial = run({"a": value}, algorithm)
                 partial.rounds.pop()  # an interrupted run writes its results too
-                partial.write(tmp_path / f"seed{seed}-{algorithm}" / "run-1", plots=False)
+                partial.write(tmp_path / f"seed{seed}-{algorithm}" / "run-1")
                 continue
-            run({"a": value}, algorithm).write(
-                tmp_path / f"seed{seed}-{algorithm}" / "run-1", plots=False
-            )
+            run({"a": value}, algorithm).write(tmp_path / f"seed{seed}-{algorithm}" / "run-1")
     assert sorted(load_runs(tmp_path)) == [0]
     runs = compare({}, [0], output_dir=tmp_path)  # everything finished: nothing is launched
     assert runs[0]["muscle"].final["a"]["accuracy"] == 0.6
