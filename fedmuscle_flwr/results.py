@@ -8,7 +8,9 @@ Schema of ``results.json`` (documented in README.md):
 - ``config``: the run configuration (run-config keys);
 - ``users``: ``[{id, model, task, metric}]``, ``metric`` naming the user's primary metric;
 - ``rounds``: ``[{round, metrics {user id: {name: value}}, uplink_bytes {user id: n},
-  downlink_bytes {user id: n}, server_ms, seconds, replied, failed {user id: reason}}]``;
+  downlink_bytes {user id: n}, server_ms, seconds, replied, failed {user id: reason},
+  partners {user id: [user ids]}, screening {user id: {score, excluded, ...}},
+  privacy {user id: {epsilon, delta}}}]``;
 - ``final``: ``{user id: {name: value}}``, each user's last reported metrics;
 - ``status``: ``complete``, ``failed`` (``reason`` says why) or ``running`` (not finished);
   ``missing_users``: users of the federation that never had a node.
