@@ -35,6 +35,16 @@ import sys
 import time
 from types import FrameType
 
+import flwr
+
+# This worker runs tasks through Flower's internal modules, as flwr-clientapp 1.39 does:
+# on another release they may differ without an error, so refuse to start.
+if not flwr.__version__.startswith("1.39."):
+    sys.exit(
+        f"deploy/warm_clientapp.py is written for Flower 1.39 and found flwr {flwr.__version__}; "
+        "start the SuperNode without --warm (deploy/start-supernode.sh) or install flwr 1.39"
+    )
+
 from flwr.app import Context, Message
 from flwr.app.error import Error
 from flwr.cli.install import install_from_fab

@@ -278,6 +278,21 @@ def test_start_scripts_refuse_private_keys_others_can_read(tmp_path):
         assert made.stat().st_mode & 0o777 == 0o700, made
 
 
+@pytest.mark.parametrize("script", ["warm_clientapp.py", "supernode_fast_poll.py"])
+def test_helpers_on_flower_internals_refuse_another_flower_version(script):
+    """They reach into Flower 1.39's private modules: on another release they stop, clearly."""
+    code = (
+        "import sys, runpy, flwr; flwr.__version__ = '1.40.0'; "
+        f"sys.argv = [{script!r}, '0.5']; "
+        f"runpy.run_path({str(DEPLOY / script)!r}, run_name='__main__')"
+    )
+    done = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0
+    assert "1.39" in done.stderr and "1.40.0" in done.stderr
+
+
 def test_keys_and_certificates_never_go_into_the_repo():
     for script, extra in (("make-certs.sh", []), ("make-node-keys.sh", ["n1"])):
         done = _script(script, str(ROOT / "secrets"), *extra)
