@@ -251,7 +251,7 @@ def sweep_table(
         attack = {**base, **variant.overrides}.get(ATTACK_KEY)
         liar = parse_attack(attack)[0] if attack is not None else None
         for ours, local in per_seed.values():
-            local = _honest(local, liar)
+            ours, local = _honest(ours, liar), _honest(local, liar)
             row = delta_table(local, {variant.name: ours})[variant.name]
             for key in ("delta", "worst", "improved"):
                 rows[key].append(row[key])
