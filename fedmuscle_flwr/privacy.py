@@ -164,7 +164,11 @@ class PrivateSteps:
     settings
         Target epsilon, delta, clipping norm.
     generator
-        Seeded generator of the Poisson sampling (the noise uses Opacus' own).
+        Seeded generator of the Poisson sampling (the caller's batch order).
+    noise_seed
+        Seed of the noise's own generator. It is saved with the state but never rewound
+        with the batch order: the paired gate replays a round's minibatches in its two
+        branches, and the same noise in both would release their difference noiselessly.
     """
 
     def __init__(
@@ -178,6 +182,7 @@ class PrivateSteps:
         max_steps: int,
         settings: PrivacySettings,
         generator: torch.Generator,
+        noise_seed: int = 0,
     ) -> None:
         from opacus import GradSampleModule
         from opacus.accountants import RDPAccountant
@@ -211,11 +216,14 @@ class PrivateSteps:
         self.module = GradSampleModule(
             model, batch_first=True, loss_reduction="mean", strict=False, force_functorch=True
         )
+        device = next(model.parameters()).device
+        self.noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
         self.optimizer = DPOptimizer(
             optimizer,
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=settings.max_grad_norm,
             expected_batch_size=self.expected_batch_size,
+            generator=self.noise_generator,
         )
         self.task_parameters = task_parameters
         self.accountant = RDPAccountant()
@@ -277,14 +285,21 @@ class PrivateSteps:
             )
 
     def state_dict(self) -> dict[str, Any]:
-        """The accountant's history (the DP optimiser's state is the wrapped optimiser's)."""
-        return {"history": [list(h) for h in self.accountant.history]}
+        """The accountant's history and the noise generator (the DP optimiser's state is the
+        wrapped optimiser's).
+        """
+        return {
+            "history": [list(h) for h in self.accountant.history],
+            "noise": self.noise_generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.accountant.history = [
             (float(s), float(q), int(n)) for s, q, n in state.get("history", [])
         ]
+        if state.get("noise") is not None:
+            self.noise_generator.set_state(state["noise"])
 
 
 class _hooks_disabled:

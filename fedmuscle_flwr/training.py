@@ -187,7 +187,7 @@ class Trainer:
                 self.model, supervised, self.optimizer,
                 num_examples=len(data.train), batch_size=settings.batch_size,
                 max_steps=settings.private_steps, settings=settings.privacy,
-                generator=self.generator,
+                generator=self.generator, noise_seed=seed + 2,
             )  # fmt: skip
         # The user's own state of torch's global generators (dropout, and any other op that
         # draws from them): a round's work runs under it (:meth:`random_state`), so it never

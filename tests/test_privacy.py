@@ -95,3 +95,16 @@ def test_private_state_survives_a_restore(tmp_path):
 def test_bad_privacy_settings_are_refused(key, value, needle):
     with pytest.raises(ConfigError, match=needle):
         RunConfig(**{key: value})
+
+
+def test_the_paired_gates_two_branches_get_fresh_noise():
+    """Replaying a round (the paired gate) rewinds the batch order, never the noise."""
+    trainer = build_trainer(CONFIG, USERS[0], TINY_FEDERATION)
+    assert trainer.private is not None
+    start = trainer._snapshot(full=True)
+    noise = trainer.private.noise_generator.get_state()
+    with trainer.random_state():
+        trainer.supervised_update()
+    trainer._restore(start)
+    assert not torch.equal(trainer.private.noise_generator.get_state(), noise)
+    assert torch.equal(trainer.generator.get_state(), start["generator"])
