@@ -285,8 +285,9 @@ class PrivateSteps:
             )
 
     def state_dict(self) -> dict[str, Any]:
-        """The accountant's history and the noise generator (the DP optimiser's state is the
-        wrapped optimiser's).
+        """The accountant's history and the noise generator's state.
+
+        The DP optimiser's own state is the wrapped optimiser's, saved by the trainer.
         """
         return {
             "history": [list(h) for h in self.accountant.history],
