@@ -14,6 +14,7 @@ from itertools import combinations
 import torch
 from torch import Tensor
 
+from fedmuscle_flwr.devices import best_device
 from fedmuscle_flwr.loss.dense import DEFAULT_MAX_DENSE_BYTES, build_dense_payload
 from fedmuscle_flwr.payload import UserPayload
 
@@ -24,15 +25,6 @@ __all__ = [
     "select_partners",
     "select_relevant_partners",
 ]
-
-
-def best_device() -> torch.device:
-    """CUDA when available, else Apple MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def select_partners(

@@ -19,6 +19,7 @@ from fedmuscle_flwr.algorithms import get_algorithm, list_algorithms
 from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.data.batches import CollatedSplit
 from fedmuscle_flwr.data.users import UserData
+from fedmuscle_flwr.devices import resolve_device
 from fedmuscle_flwr.federation import UserProfile
 from fedmuscle_flwr.models import ClientModel
 from fedmuscle_flwr.payload import UserPayload
@@ -90,22 +91,6 @@ class TrainSettings:
             ),
             private_steps=config.private_steps,
         )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda, then mps, then cpu; otherwise the named device, checked."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {name!r} was asked for but CUDA is not available; use device='auto'"
-        )
-    return device
 
 
 def contrastive_objective(
