@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmuscle_flwr.models.heads import DenseHead
-from fedmuscle_flwr.models.lora import LoraSettings, apply_lora
+from fedmuscle_flwr.models.lora import LoraSettings, LoraSpec, apply_lora
 from fedmuscle_flwr.tasks import Batch, Task, get_task
 
 __all__ = ["FROZEN_DIGEST_KEY", "ClientModel", "Encoder", "Modality"]
@@ -117,7 +117,7 @@ class ClientModel(nn.Module):
         num_classes: int,
         embed_dim: int = 256,
         decoder_dim: int = 64,
-        lora: LoraSettings | Mapping[str, Any] | None = None,
+        lora: LoraSpec = None,
     ) -> None:
         super().__init__()
         task_type = get_task(task) if isinstance(task, str) else task

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["LoraSettings", "apply_lora", "is_lora_parameter"]
+__all__ = ["LoraSettings", "LoraSpec", "apply_lora", "is_lora_parameter"]
 
 _ALIASES = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}
 
@@ -53,7 +53,7 @@ class LoraSettings:
                 raise ValueError("LoRA target_modules must not be empty")
 
     @classmethod
-    def from_config(cls, config: LoraSettings | Mapping[str, Any] | None) -> LoraSettings | None:
+    def from_config(cls, config: LoraSpec) -> LoraSettings | None:
         """Build settings from a config mapping (``None`` means no LoRA).
 
         Accepts ``rank``/``r``, ``alpha``/``lora_alpha``, ``target_modules``,
@@ -70,6 +70,10 @@ class LoraSettings:
                 f"unknown LoRA setting(s) {unknown}; known: rank, alpha, target_modules, dropout"
             )
         return cls(**kwargs)
+
+
+#: What a builder's ``lora`` argument takes: settings, a config mapping, or None (no LoRA).
+LoraSpec = LoraSettings | Mapping[str, Any] | None
 
 
 def is_lora_parameter(name: str) -> bool:

@@ -9,14 +9,14 @@ features are the spatial mean of the last stage.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
 from fedmuscle_flwr.models.base import ClientModel, Encoder
 from fedmuscle_flwr.models.images import ImageInput
-from fedmuscle_flwr.models.lora import LoraSettings
+from fedmuscle_flwr.models.lora import LoraSpec
 from fedmuscle_flwr.models.pretrained import PretrainedSource, resolve_pretrained
 from fedmuscle_flwr.models.registry import register_client_model
 from fedmuscle_flwr.tasks import Batch
@@ -64,7 +64,7 @@ def build_segformer(
     embed_dim: int = 256,
     image_size: int = 512,
     pretrained: PretrainedSource = False,
-    lora: LoraSettings | Mapping[str, Any] | None = None,
+    lora: LoraSpec = None,
     hub_name: str = "nvidia/mit-b0",
     depths: Sequence[int] | None = None,
     hidden_sizes: Sequence[int] | None = None,

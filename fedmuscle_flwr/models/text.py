@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from fedmuscle_flwr.models.base import ClientModel, Encoder
-from fedmuscle_flwr.models.lora import LoraSettings
+from fedmuscle_flwr.models.lora import LoraSpec
 from fedmuscle_flwr.models.pretrained import PretrainedSource, minilm_l6_path, resolve_pretrained
 from fedmuscle_flwr.models.registry import register_client_model
 from fedmuscle_flwr.models.tokenizer import HashingTokenizer
@@ -25,7 +25,6 @@ from fedmuscle_flwr.tasks import Batch
 __all__ = ["TextEncoder", "build_bert", "build_distilbert", "build_minilm_l6"]
 
 Tokenizer = Callable[[Sequence[str]], Mapping[str, Tensor]]
-LoraConfig = LoraSettings | Mapping[str, Any] | None
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
@@ -133,7 +132,7 @@ def build_bert(
     num_classes: int,
     embed_dim: int = 256,
     pretrained: PretrainedSource = False,
-    lora: LoraConfig = None,
+    lora: LoraSpec = None,
     hub_name: str = "bert-base-uncased",
     max_length: int = 128,
     vocab_size: int = 30522,
@@ -180,7 +179,7 @@ def build_distilbert(
     num_classes: int,
     embed_dim: int = 256,
     pretrained: PretrainedSource = False,
-    lora: LoraConfig = None,
+    lora: LoraSpec = None,
     hub_name: str = "distilbert-base-uncased",
     max_length: int = 128,
     vocab_size: int = 30522,
@@ -226,7 +225,7 @@ def build_minilm_l6(
     num_classes: int,
     embed_dim: int = 256,
     pretrained: PretrainedSource = "package",
-    lora: LoraConfig = None,
+    lora: LoraSpec = None,
     hub_name: str = "sentence-transformers/all-MiniLM-L6-v2",
     max_length: int = 128,
 ) -> ClientModel:

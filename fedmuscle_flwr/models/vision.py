@@ -8,7 +8,7 @@ timm, so tiny variants for tests are plain configs (see each builder).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from fedmuscle_flwr.models.base import ClientModel, Encoder
 from fedmuscle_flwr.models.images import ImageInput
-from fedmuscle_flwr.models.lora import LoraSettings
+from fedmuscle_flwr.models.lora import LoraSpec
 from fedmuscle_flwr.models.pretrained import (
     PretrainedSource,
     efficientnet_lite0_weights_file,
@@ -27,8 +27,6 @@ from fedmuscle_flwr.models.registry import register_client_model
 from fedmuscle_flwr.tasks import Batch
 
 __all__ = ["TimmEncoder", "create_timm_backbone"]
-
-LoraConfig = LoraSettings | Mapping[str, Any] | None
 
 
 class TimmEncoder(Encoder):
@@ -123,7 +121,7 @@ def _client_model(
     num_classes: int,
     embed_dim: int,
     decoder_dim: int,
-    lora: LoraConfig,
+    lora: LoraSpec,
     normalize_input: bool,
     lora_targets: tuple[str, ...] | str,
 ) -> ClientModel:
@@ -146,7 +144,7 @@ def build_vit(
     embed_dim: int = 256,
     image_size: int = 224,
     pretrained: PretrainedSource = False,
-    lora: LoraConfig = None,
+    lora: LoraSpec = None,
     variant: str = "vit_tiny_patch16_224",
     patch_size: int | None = None,
     width: int | None = None,
@@ -209,7 +207,7 @@ def build_resnet(
     embed_dim: int = 256,
     image_size: int = 224,
     pretrained: PretrainedSource = False,
-    lora: LoraConfig = None,
+    lora: LoraSpec = None,
     variant: str = "resnet18",
     layers: Sequence[int] | None = None,
     channels: Sequence[int] | None = None,
@@ -248,7 +246,7 @@ def build_small_cnn(
     embed_dim: int = 256,
     image_size: int = 224,
     pretrained: PretrainedSource = False,
-    lora: LoraConfig = None,
+    lora: LoraSpec = None,
     channels: Sequence[int] = (16, 32, 64, 128),
     stem_width: int = 16,
     decoder_dim: int = 64,
@@ -283,7 +281,7 @@ def build_convnext(
     embed_dim: int = 256,
     image_size: int = 224,
     pretrained: PretrainedSource = False,
-    lora: LoraConfig = None,
+    lora: LoraSpec = None,
     variant: str = "convnext_atto",
     depths: Sequence[int] | None = None,
     dims: Sequence[int] | None = None,
@@ -338,7 +336,7 @@ def build_efficientnet_lite0(
     embed_dim: int = 256,
     image_size: int = 224,
     pretrained: PretrainedSource = "package",
-    lora: LoraConfig = None,
+    lora: LoraSpec = None,
     decoder_dim: int = 64,
     normalize_input: bool = True,
 ) -> ClientModel:
