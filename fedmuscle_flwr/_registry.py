@@ -209,6 +209,11 @@ class Registry(Generic[T]):
         self.load_plugins()
         return sorted(self._entries)
 
+    def names_so_far(self) -> list[str]:
+        """Return the names registered until now, sorted, without reading the plug-ins."""
+        with self._lock:
+            return sorted(self._entries)
+
     def source(self, name: str) -> str:
         """Return where ``name`` was registered from (``"code"`` or the entry point)."""
         self.get(name)

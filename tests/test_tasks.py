@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedmuscle_flwr.tasks import (
+    BUILTIN_TASKS,
     IGNORE_INDEX,
     TASKS,
     Task,
@@ -54,6 +55,16 @@ def test_builtin_tasks_and_their_contract() -> None:
         assert task.head == head and task.primary_metric == primary
         assert task.modalities == modalities
         assert set(task.metrics(3).names) == metrics and primary in metrics
+
+
+def test_builtin_task_ids_come_from_the_registry() -> None:
+    assert BUILTIN_TASKS == (
+        "image-classification",
+        "multi-label-classification",
+        "semantic-segmentation",
+        "text-classification",
+    )
+    assert all(get_task(name).name == name for name in BUILTIN_TASKS)
 
 
 def test_unknown_task_lists_known_names() -> None:

@@ -21,7 +21,12 @@ from fedmuscle_flwr.tasks.registry import (
 )
 from fedmuscle_flwr.tasks.segmentation import IGNORE_INDEX, SemanticSegmentation
 
+#: Ids of the built-in task types, sorted: the tasks registered by the modules above,
+#: before any plug-in. The offline data sources (world, real) provide each of them.
+BUILTIN_TASKS: tuple[str, ...] = tuple(TASKS.names_so_far())
+
 __all__ = [
+    "BUILTIN_TASKS",
     "ENTRY_POINT_GROUP",
     "IGNORE_INDEX",
     "TASKS",
