@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file beside the target, renamed into place."""
+"""Files the package writes: atomic writes and the root of its caches."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["PRIVATE", "PUBLIC", "atomic_write"]
+__all__ = ["PRIVATE", "PUBLIC", "atomic_write", "cache_dir"]
 
 
 #: File modes: what others may read (results), what only the owner may (model state, Z).
@@ -29,3 +29,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], *, mode: int = P
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cache_dir(name: str) -> Path:
+    """Return ``$FEDMUSCLE_CACHE/<name>``, or ``~/.cache/fedmuscle/<name>`` when unset."""
+    root = os.environ.get("FEDMUSCLE_CACHE") or Path.home() / ".cache" / "fedmuscle"
+    return Path(root) / name

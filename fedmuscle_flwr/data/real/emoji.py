@@ -14,7 +14,6 @@ an ``.npz`` keyed by a hash of the font file, the test file and the rendering se
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import warnings
 import zipfile
@@ -25,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fedmuscle_flwr.data.real.debian import EMOJI_FONT, EMOJI_TEST, debian_file
-from fedmuscle_flwr.files import atomic_write
+from fedmuscle_flwr.files import atomic_write, cache_dir
 
 __all__ = [
     "EMOJI_LABELS",
@@ -193,8 +192,7 @@ def render_emoji(records: list[EmojiRecord], font_path: str | Path, size: int) -
 
 def default_cache_dir() -> Path:
     """Return ``$FEDMUSCLE_CACHE/real``, or ``~/.cache/fedmuscle/real`` when unset."""
-    root = os.environ.get("FEDMUSCLE_CACHE") or Path.home() / ".cache" / "fedmuscle"
-    return Path(root) / "real"
+    return cache_dir("real")
 
 
 def _file_digest(path: Path) -> str:
