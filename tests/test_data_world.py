@@ -261,7 +261,7 @@ def test_second_call_reads_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def boom(*args: object, **kwargs: object) -> Scenes:
         raise AssertionError("generated again instead of reading the cache")
 
-    monkeypatch.setattr(world, "generate_scenes", boom)
+    monkeypatch.setattr(world.cache, "generate_scenes", boom)
     second = load_scenes(cfg, "public", 50, cache_dir=tmp_path)
     np.testing.assert_array_equal(first.images, second.images)
     np.testing.assert_array_equal(first.shapes, second.shapes)
