@@ -4,7 +4,9 @@
 - :mod:`~.emoji`: emoji rendering, captions, group labels, masks, word labels, splits.
 - :mod:`~.fashion_mnist`: Fashion-MNIST IDX files.
 - :mod:`~.wordnet`: WordNet glosses by lexname.
-- :mod:`~.federation`: the data sets by name and task, from one :class:`RealDataConfig`.
+- :mod:`~.federation`: the data sets by name and task, from one :class:`RealDataConfig`;
+  built from :mod:`~.config` (the config), :mod:`~.builders` (one split of each set from
+  the raw sources) and :mod:`~.catalog` (the named sets and the one each task uses).
 - :mod:`~.columns`: fast in-memory ``datasets.Dataset`` construction.
 
 Select the whole set with ``real_datasets(RealDataConfig(...))``; install the sources with
