@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -351,6 +352,43 @@ def test_seed_makes_builds_reproducible_and_leaves_global_rng_alone() -> None:
         "embed_dim": D,
         **TINY["vit"],
     }
+
+
+SHARED_IMAGE = {"task", "num_classes", "embed_dim", "image_size", "pretrained", "lora"}
+SHARED_IMAGE |= {"decoder_dim", "normalize_input"}
+SHARED_TEXT = {"task", "num_classes", "embed_dim", "lora", "pretrained", "hub_name", "max_length"}
+
+
+def test_builder_signatures_show_the_shared_arguments() -> None:
+    """Builders declare only their own knobs, yet list every key they take (config checks
+    read the signature), with the defaults of their type."""
+    for name in (n for n in list_client_models() if is_builtin(n)):
+        params = inspect.signature(MODELS.get(name)).parameters
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values()), name
+        shared = SHARED_TEXT if name in ("bert", "distilbert", "minilm-l6") else SHARED_IMAGE
+        assert shared <= set(params), name
+        assert params["task"].default is inspect.Parameter.empty
+        assert params["embed_dim"].default == 256 and params["lora"].default is None
+    defaults = {
+        ("vit", "image_size"): 224,
+        ("segformer", "image_size"): 512,
+        ("efficientnet-lite0", "pretrained"): "package",
+        ("minilm-l6", "pretrained"): "package",
+        ("bert", "pretrained"): False,
+        ("bert", "num_layers"): 12,
+        ("distilbert", "num_layers"): 6,
+        ("distilbert", "hub_name"): "distilbert-base-uncased",
+    }
+    for (name, key), value in defaults.items():
+        assert inspect.signature(MODELS.get(name)).parameters[key].default == value
+    assert "vocab_size" not in inspect.signature(MODELS.get("minilm-l6")).parameters
+
+
+def test_unknown_keys_fail_before_anything_is_built() -> None:
+    with pytest.raises(TypeError, match=r"build_minilm_l6\(\) .*'colour'"):
+        build_client_model("minilm-l6", task="text-classification", num_classes=2, colour=1)
+    with pytest.raises(TypeError, match="task"):
+        build_client_model("bert", num_classes=2)
 
 
 def test_bad_configs_fail_clearly() -> None:

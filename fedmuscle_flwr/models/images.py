@@ -1,15 +1,18 @@
-"""Image-batch handling shared by vision encoders: checks, channels, normalisation."""
+"""What image model types share: batch checks and normalisation, and their arguments."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from fedmuscle_flwr.models.base import ClientModel, Encoder
+from fedmuscle_flwr.models.lora import LoraSpec
+from fedmuscle_flwr.models.pretrained import PretrainedSource
 from fedmuscle_flwr.tasks import Batch
 
-__all__ = ["ImageInput"]
+__all__ = ["ImageInput", "create_image_model"]
 
 
 class ImageInput(nn.Module):
@@ -55,3 +58,38 @@ class ImageInput(nn.Module):
         if self.normalize:
             x = (x - self.mean) / self.std
         return x
+
+
+def create_image_model(
+    make_encoder: Callable[[PretrainedSource, bool], Encoder],
+    *,
+    task: str,
+    num_classes: int,
+    embed_dim: int = 256,
+    image_size: int = 224,
+    pretrained: PretrainedSource = False,
+    lora: LoraSpec = None,
+    decoder_dim: int = 64,
+    normalize_input: bool = True,
+) -> ClientModel:
+    """Build an image client model; the keyword-only arguments are shared by image types.
+
+    Parameters
+    ----------
+    make_encoder : callable
+        ``make_encoder(pretrained, normalize_input)`` builds the image encoder.
+    task, num_classes, embed_dim, pretrained, lora, decoder_dim, normalize_input
+        See :class:`~fedmuscle_flwr.models.base.ClientModel` and ``models.pretrained``.
+    image_size : int
+        Informative (any size runs); a builder whose backbone needs it declares it.
+    """
+    del image_size
+    encoder = make_encoder(pretrained, normalize_input)
+    return ClientModel(
+        encoder,
+        task=task,
+        num_classes=num_classes,
+        embed_dim=embed_dim,
+        decoder_dim=decoder_dim,
+        lora=lora,
+    )

@@ -10,8 +10,10 @@ first lookup or listing. See ``docs/plugins.md``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -25,6 +27,7 @@ __all__ = [
     "build_client_model",
     "list_client_models",
     "register_client_model",
+    "shared_arguments",
 ]
 
 ENTRY_POINT_GROUP = "fedmuscle.models"
@@ -71,6 +74,47 @@ def register_client_model(name: str, *, exist_ok: bool = False) -> Callable[[Bui
     def decorator(builder: BuilderT) -> BuilderT:
         MODELS.add(name, builder, exist_ok=exist_ok)
         return builder
+
+    return decorator
+
+
+def shared_arguments(*creators: Callable[..., Any]) -> Callable[[BuilderT], BuilderT]:
+    """Show a builder's family arguments in its signature (function decorator).
+
+    A family of builders declares its shared keyword arguments once, as the keyword-only
+    parameters of private ``creators``; each builder declares only its own and passes
+    ``**kwargs`` on. The decorated builder has the signature it accepts: the creators'
+    keyword-only parameters (the builder's own declaration of one wins, e.g. another
+    default), then the builder's other parameters. Config checks read that signature, and
+    a call with a key outside it, or without a required one, fails with ``TypeError``
+    before anything is built.
+    """
+    shared: dict[str, inspect.Parameter] = {}
+    for creator in creators:
+        for name, p in inspect.signature(creator).parameters.items():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                shared.setdefault(name, p)
+
+    def decorator(builder: BuilderT) -> BuilderT:
+        own = {
+            name: p
+            for name, p in inspect.signature(builder).parameters.items()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        }
+        merged = [own.pop(name, p) for name, p in shared.items()]
+        signature = inspect.signature(builder).replace(parameters=[*merged, *own.values()])
+
+        @functools.wraps(builder)
+        def checked(**cfg: Any) -> ClientModel:
+            try:
+                signature.bind(**cfg)
+            except TypeError as err:
+                raise TypeError(f"{builder.__name__}() {err}") from None
+            return builder(**cfg)
+
+        target: Any = checked
+        target.__signature__ = signature
+        return cast(BuilderT, checked)
 
     return decorator
 

