@@ -113,6 +113,7 @@ def _train(msg: Message, context: Context, config: RunConfig, profile: UserProfi
     trainer.rounds_done += 1
     store.save(trainer, instruction.round_id)
     metrics["client-seconds"] = time.perf_counter() - start
+    metrics["rounds-trained"] = float(trainer.rounds_done)  # a user that restarted says 1
     user = {
         "user-id": profile.id,
         "model": profile.model,

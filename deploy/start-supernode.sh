@@ -7,7 +7,7 @@ usage() {
     cat <<USAGE
 usage: deploy/start-supernode.sh --superlink HOST:PORT --ca FILE --key FILE --user ID [options]
 
-Runs flower-supernode in the foreground (exec) with
+Runs flower-supernode in the foreground with
   --grpc-rere --superlink HOST:PORT       the SuperLink's Fleet API (default port 9092)
   --root-certificates FILE                the CA certificate (ca.crt from make-certs.sh)
   --auth-supernode-private-key FILE       this node's private key (from make-node-keys.sh)
@@ -29,6 +29,11 @@ Options:
                          (imports and the built model survive between rounds)
   --fast-poll S          cap the SuperNode's idle poll (3 s, hard-coded in Flower 1.39) at S
                          seconds through deploy/supernode_fast_poll.py
+  --activate-timeout S   keep retrying for S seconds (default 120) when the SuperLink refuses
+                         to activate this node (Flower exit code 305): a node killed and restarted
+                         at once is still counted online for up to 60 s after its last
+                         heartbeat; 0 = no retry. An unregistered key is refused the same way
+                         and gives up after S seconds.
   --insecure             NO TLS and NO authentication (needs an --insecure SuperLink);
                          only when asked for, never a fallback
   --dry-run              print the command instead of running it
@@ -36,7 +41,7 @@ Anything after '--' is passed to flower-supernode as is.
 USAGE
 }
 
-superlink="" ca="" key="" user="" state_dir="" data_dir="" home="" port="9094" more="" insecure=0 dry_run=0 warm=0 fast_poll="" extra=()
+superlink="" ca="" key="" user="" state_dir="" data_dir="" home="" port="9094" more="" insecure=0 dry_run=0 warm=0 fast_poll="" activate_timeout=120 extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
@@ -51,6 +56,7 @@ while [[ $# -gt 0 ]]; do
         --node-config) need_value "$1" "$#"; more="$2"; shift 2 ;;
         --warm) warm=1; shift ;;
         --fast-poll) need_value "$1" "$#"; fast_poll="$2"; shift 2 ;;
+        --activate-timeout) need_value "$1" "$#"; activate_timeout="$2"; shift 2 ;;
         --insecure) insecure=1; shift ;;
         --dry-run) dry_run=1; shift ;;
         --) shift; extra=("$@"); break ;;
@@ -60,6 +66,7 @@ done
 [[ -n "$superlink" ]] || { usage >&2; die "--superlink is required"; }
 [[ -n "$user" ]] || { usage >&2; die "--user is required (the federation user this node serves)"; }
 [[ "$user" =~ ^[A-Za-z0-9._-]+$ ]] || die "bad user id '$user'"
+[[ "$activate_timeout" =~ ^[0-9]+$ ]] || die "--activate-timeout takes whole seconds, not '$activate_timeout'"
 
 node_config="user=\"$user\""
 if [[ -n "$state_dir" ]]; then
@@ -99,11 +106,46 @@ fi
 cmd+=("${extra[@]}")
 if [[ $dry_run -eq 1 ]]; then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
 umask 077  # client state and data this node (and its warm worker) writes: owner-only
+worker_pid="" node_pid=""
+stop_children() {  # SIGTERM / SIGINT to this script: stop the SuperNode and the worker
+    trap - TERM INT
+    kill -TERM $node_pid $worker_pid 2>/dev/null || true
+    wait $node_pid $worker_pid 2>/dev/null || true
+    exit 143
+}
+trap stop_children TERM INT
 if [[ $warm -eq 1 ]]; then
-    # The worker watches this shell's PID, which exec below hands to the SuperNode.
+    # The worker watches this shell, which lives as long as the SuperNode it (re)starts.
     "$python" "$DEPLOY_DIR/warm_clientapp.py" --runtime-api-address "127.0.0.1:$port" \
         --parent-pid $$ &
-    log "warm ClientApp executor: pid $!"
+    worker_pid=$!
+    log "warm ClientApp executor: pid $worker_pid"
 fi
-log "starting SuperNode for user $user: ${cmd[*]}"
-exec "${cmd[@]}"
+# Flower exits 1 and logs "Exit Code: 305 ... Failed to activate SuperNode" when the SuperLink
+# refuses the node: each attempt's output is kept to tell that from other exits.
+attempt_log="$(mktemp)"
+trap 'rm -f "$attempt_log"' EXIT
+give_up=$(( $(date +%s) + activate_timeout ))
+while true; do
+    log "starting SuperNode for user $user: ${cmd[*]}"
+    : > "$attempt_log"
+    "${cmd[@]}" > >(tee -a "$attempt_log") 2>&1 &
+    node_pid=$!
+    status=0
+    wait "$node_pid" || status=$?
+    node_pid=""
+    sleep 0.5  # let tee write the last lines
+    refused=0
+    [[ $status -eq 0 ]] || ! grep -q "Failed to activate SuperNode" "$attempt_log" || refused=1
+    left=$(( give_up - $(date +%s) ))
+    if [[ $refused -eq 0 || $left -le 0 ]]; then
+        if [[ $refused -eq 1 && $activate_timeout -gt 0 ]]; then
+            log "the SuperLink still refuses this node after ${activate_timeout} s: is the key's .pub registered (deploy/register-nodes.sh)?"
+        fi
+        kill -TERM $worker_pid 2>/dev/null || true
+        wait $worker_pid 2>/dev/null || true
+        exit "$status"
+    fi
+    log "the SuperLink refused to activate this node (Flower exit code 305): it still counts the node online (up to 60 s after its last heartbeat), or the key is not registered; retrying in 5 s, giving up in ${left} s"
+    sleep 5 & wait $! || true
+done

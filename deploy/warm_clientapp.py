@@ -17,9 +17,13 @@ process, and then this worker re-executes itself, so code is never mixed across 
     python deploy/warm_clientapp.py --runtime-api-address 127.0.0.1:9094 [--poll-interval 0.1]
                                     [--parent-pid SUPERNODE_PID]
 
-Run one per SuperNode, on the SuperNode's host, with the SuperNode's --port. Stop it with
-SIGTERM. It reads only the local Runtime API (plain HTTP on loopback, as Flower's own
-SuperExec does in the default mode).
+Run one per SuperNode, on the SuperNode's host, with the SuperNode's --port. It reads only
+the local Runtime API (plain HTTP on loopback, as Flower's own SuperExec does in the default
+mode). It never hangs on a task whose run died (a SuperLink restart): each task's calls to
+the Runtime API give up after ``--task-retry-seconds`` (Flower's own client retries without
+end). SIGTERM or SIGINT stop it within ``--stop-grace`` seconds, also in the middle of a task
+(the task is reported failed, the user's state stays that of its last finished round), and
+with ``--parent-pid`` it stops when its SuperNode ends.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import FrameType
 
@@ -56,7 +61,7 @@ from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.retry import RetryInvoker, make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
@@ -67,15 +72,48 @@ log = logging.getLogger("fedmuscle.warm-clientapp")
 # app bundle of each run.
 DEFAULT_PRELOAD = ("torch", "torchvision", "timm", "transformers", "peft", "torchmetrics")
 
-_stop = False
+_stop = threading.Event()
+_in_task = False
 
 
-def _request_stop(_signum: int, _frame: FrameType | None) -> None:
-    global _stop
-    _stop = True
+class Stopped(BaseException):
+    """Raised in the task being run when a stop is asked for (not an ``Exception``)."""
 
 
-def _client(address: str, token: str | None = None) -> RuntimeHttpClient:
+def _stop_on_signal(grace: float) -> None:
+    """SIGTERM / SIGINT: stop now (also mid-task); exit hard if not gone in ``grace`` s."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if _stop.is_set():
+            return
+        _stop.set()
+        log.info("%s: stopping", signal.Signals(signum).name)
+        deadline = threading.Timer(grace, os._exit, args=(128 + signum,))
+        deadline.daemon = True  # a worker that stopped in time exits with its own status
+        deadline.start()
+        if _in_task:
+            raise Stopped
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _retry_invoker(max_seconds: float | None) -> RetryInvoker:
+    """Flower's HTTP retry policy, bounded in time and ended by a stop."""
+    invoker = make_simple_http_retry_invoker()
+    invoker.max_time = max_seconds
+    flower_giveup = invoker.should_giveup
+
+    def should_giveup(exc: Exception) -> bool:
+        return _stop.is_set() or bool(flower_giveup and flower_giveup(exc))
+
+    invoker.should_giveup = should_giveup
+    return invoker
+
+
+def _client(
+    address: str, token: str | None = None, retry_seconds: float | None = None
+) -> RuntimeHttpClient:
     interceptors: list = [
         RuntimeVersionHttpInterceptor(component_name="flwr-clientapp" if token else "SuperExec")
     ]
@@ -86,15 +124,16 @@ def _client(address: str, token: str | None = None) -> RuntimeHttpClient:
         insecure=True,
         root_certificates=None,
         interceptors=interceptors,
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=_retry_invoker(retry_seconds),
     )
 
 
 class WarmExecutor:
     """Acquire ClientApp tasks from one SuperNode and run them in this process."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, task_retry_seconds: float = 60.0) -> None:
         self.address = address
+        self.task_retry_seconds = task_retry_seconds
         self.fab_hash: str | None = None
         self.load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
         self.tasks = 0
@@ -109,7 +148,8 @@ class WarmExecutor:
 
     def run_task(self, token: str) -> None:
         """Run one ClientApp task as ``flwr-clientapp`` would, in this process."""
-        client = _client(self.address, token)
+        global _in_task
+        client = _client(self.address, token, self.task_retry_seconds)
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
         heartbeat.start()
         context: Context | None = None
@@ -118,6 +158,9 @@ class WarmExecutor:
         status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         started = time.perf_counter()
         try:
+            _in_task = True
+            if _stop.is_set():
+                raise Stopped
             message, context, run, fab = pull_task_input(client)
             if self.fab_hash is None:
                 install_from_fab(fab.content, skip_prompt=True)
@@ -135,13 +178,20 @@ class WarmExecutor:
             details = reason
             if message is not None:
                 reply = Message(Error(code=code, reason=reason), reply_to=message)
+        except Stopped:
+            details = "the warm ClientApp executor was stopped during the task"
+            log.warning(details)
         finally:
+            _in_task = False
             try:
                 if reply is not None and context is not None:
                     push_message(client, reply, context)
             except Exception:
                 log.exception("failed to push the reply")
-            push_task_output(client=client, context=context, sub_status=status, details=details)
+            try:
+                push_task_output(client=client, context=context, sub_status=status, details=details)
+            except Exception:  # the SuperNode or its run is gone: nothing to report to
+                log.exception("failed to report the task's end")
             heartbeat.stop()
             client.close()
         self.tasks += 1
@@ -152,17 +202,17 @@ class WarmExecutor:
         control = _client(self.address)
         log.info("warm ClientApp executor on %s (poll %.2f s)", self.address, poll_interval)
         try:
-            while not _stop:
+            while not _stop.is_set():
                 try:
                     res = control.AcquireTask(
                         AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
                     )
                 except Exception as err:  # the SuperNode is (re)starting: wait for it
                     log.warning("Runtime API not reachable (%s); retrying", err)
-                    time.sleep(1.0)
+                    _stop.wait(1.0)
                     continue
                 if not (res.HasField("task") and res.token):
-                    time.sleep(poll_interval)
+                    _stop.wait(poll_interval)
                     continue
                 task_hash = res.task.fab_hash if res.task.HasField("fab_hash") else None
                 if self.fab_hash is not None and task_hash and task_hash != self.fab_hash:
@@ -202,17 +252,34 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated modules to import at start ('' for none)",
     )
     parser.add_argument("--parent-pid", type=int, help="exit when the SuperNode ends")
+    parser.add_argument(
+        "--task-retry-seconds",
+        type=float,
+        default=60.0,
+        help="how long one task's calls to the Runtime API retry before the task fails",
+    )
+    parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=10.0,
+        help="seconds from SIGTERM to a hard exit if the worker has not stopped by then",
+    )
     args = parser.parse_args(argv)
     if not 0.01 <= args.poll_interval <= 60:
         parser.error("--poll-interval must be within [0.01, 60] seconds")
+    if args.task_retry_seconds <= 0 or args.stop_grace <= 0:
+        parser.error("--task-retry-seconds and --stop-grace must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
-    if args.parent_pid is not None:
+    _stop_on_signal(args.stop_grace)
+    if args.parent_pid is not None:  # raises SIGINT here when the SuperNode is gone
         start_parent_process_monitor(args.parent_pid)
     preload([m for m in args.preload.split(",") if m])
-    return WarmExecutor(args.runtime_api_address).serve(args.poll_interval)
+    executor = WarmExecutor(args.runtime_api_address, args.task_retry_seconds)
+    try:
+        return executor.serve(args.poll_interval)
+    except Stopped:
+        return 0
 
 
 if __name__ == "__main__":

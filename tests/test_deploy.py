@@ -242,6 +242,23 @@ def test_secure_commands_and_explicit_insecure(tmp_path):
 
 
 @needs_flower
+def test_resume_script_reruns_the_stopped_run_with_its_own_config(tmp_path):
+    run_dir = tmp_path / "out" / "run-7"
+    assert "give the run's results directory" in _script("resume-run.sh", str(run_dir)).stderr
+    run_dir.mkdir(parents=True)
+    config = {"num-server-rounds": 6, "federation": "tiny", "output-dir": str(tmp_path / "out")}
+    (run_dir / "results.json").write_text(json.dumps({"config": config}))
+    done = _script("resume-run.sh", str(run_dir))
+    assert done.returncode == 2 and "no checkpoint.pt" in done.stderr  # nothing to resume yet
+    (run_dir / "checkpoint.pt").write_bytes(b"")
+    done = _script("resume-run.sh", "--connection", "prod", str(run_dir), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert f" run {ROOT} prod --stream --run-config " in done.stdout
+    assert "num-server-rounds=6" in done.stdout and 'federation=\\"tiny\\"' in done.stdout
+    assert f'resume-from=\\"{run_dir}\\"' in done.stdout and "output-dir" not in done.stdout
+
+
+@needs_flower
 def test_start_scripts_refuse_private_keys_others_can_read(tmp_path):
     certs, keys = tmp_path / "certs", tmp_path / "keys"
     assert _script("make-certs.sh", str(certs)).returncode == 0
@@ -392,7 +409,7 @@ def test_unregistered_supernode_is_refused_and_a_killed_one_is_left_out(cluster:
 
     # A SuperNode whose key was never registered is refused and exits.
     ports = _free_ports(4)
-    intruder = cluster.start_node("intruder", ports[3])
+    intruder = cluster.start_node("intruder", ports[3], "--activate-timeout", "0")
     assert intruder.wait(timeout=90) != 0
     assert "Failed to activate SuperNode" in (cluster.logs / "node-intruder.log").read_text()
 
@@ -440,3 +457,147 @@ def test_unregistered_supernode_is_refused_and_a_killed_one_is_left_out(cluster:
     if missed[0] == 2:  # round 3's payloads come from 2 users: M_eff drops from 2 to 1 partner
         for u in ("cnn-cls", "vit-multilabel"):
             assert rounds[2]["downlink_bytes"][u] < rounds[1]["downlink_bytes"][u]
+
+
+def _results(out: Path) -> dict[str, Any] | None:
+    """The newest results.json under ``out``, or None while there is none."""
+    found = sorted(out.glob("run-*/results.json"))
+    return json.loads(found[-1].read_text()) if found else None
+
+
+def _wait_rounds(out: Path, rounds: int, timeout: float, proc: subprocess.Popen) -> Path:
+    """Wait until a run under ``out`` has recorded ``rounds`` rounds; its directory."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(json.JSONDecodeError):
+            results = _results(out)
+            if results is not None and len(results["rounds"]) >= rounds:
+                return sorted(out.glob("run-*/results.json"))[-1].parent
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before round {rounds}"
+        time.sleep(0.5)
+    raise AssertionError(f"no {rounds} rounds under {out} within {timeout:.0f} s")
+
+
+@needs_flower
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("warm", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_superlink_killed_and_restarted_run_resumes_where_it_stopped(cluster: Cluster, warm):
+    users = ["cnn-cls", "vit-multilabel", "bert-text"]
+    cluster.certs_and_keys(users)
+    cluster.start_superlink()
+    cluster.register(users)
+    flags = ["--fast-poll", "0.2", *(["--warm"] if warm else [])]
+    for user, port in zip(users, _free_ports(3), strict=True):
+        cluster.start_node(user, port, *flags)
+    for user in users:
+        node = cluster.procs[f"node-{user}"]
+        _wait_for(cluster.logs / f"node-{user}.log", "SuperNode ID", 90, node)
+
+    out = cluster.root / "out"
+    run_config = {
+        "num-server-rounds": 4, "federation": TINY_FEDERATION, "public-size": 64,
+        "public-batch-size": 8, "embed-dim": 16, "num-partners": 2, "local-steps": 2,
+        "batch-size": 8, "min-nodes": 3, "node-wait-timeout": 90.0, "round-timeout": 180.0,
+        "grid-poll-interval": 0.2, "output-dir": str(out), "allow-missing-users": True,
+    }  # fmt: skip
+
+    def launch(name: str, *command: str) -> subprocess.Popen:
+        log = (cluster.logs / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            command, env=_env(cluster.cli_home), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        cluster.procs[name] = proc
+        return proc
+
+    first = launch(
+        "flwr-run-1", str(VENV_BIN / "flwr"), "run", str(ROOT), "test", "--stream",
+        "--run-config", toml_overrides(run_config),
+    )  # fmt: skip
+    run_dir = _wait_rounds(out, 2, 300, first)
+    # The SuperLink's host dies: the SuperLink and everything it started, no goodbye.
+    cluster.kill("superlink", signal.SIGKILL)
+    stop_processes(processes_using_home((cluster.root / "superlink" / "home").resolve()), grace=0)
+    assert first.wait(timeout=120) != 0  # the operator's flwr run sees the run fail
+
+    cluster.start_superlink()  # same database, same ports: the SuperNodes come back by themselves
+    # The operator's one command: the run's own config, read from its results directory.
+    second = launch(
+        "flwr-run-2", "bash", str(DEPLOY / "resume-run.sh"), "--connection", "test", str(run_dir)
+    )
+    assert second.wait(timeout=400) == 0, (cluster.logs / "flwr-run-2.log").read_text()[-4000:]
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "complete"
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    for r in rounds[2:]:  # every user took part after the restart, continuing its own state
+        assert set(r["replied"]) == set(users), r
+        for user in users:
+            assert r["metrics"][user]["rounds-trained"] == r["round"], (user, r["round"])
+    for user in users:  # one experiment's state per user, not one per Flower run
+        experiments = list((cluster.root / "nodes" / user / "state").iterdir())
+        assert len(experiments) == 1, experiments
+    # SIGTERM stops a SuperNode and its warm worker within seconds; nothing outlives it.
+    node = cluster.procs["node-cnn-cls"]
+    started = time.monotonic()
+    cluster.kill("node-cnn-cls", signal.SIGTERM)
+    node.wait(timeout=30)
+    assert time.monotonic() - started < 20
+    assert processes_using_home((cluster.root / "nodes" / "cnn-cls" / "home").resolve()) == []
+
+
+@needs_flower
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_supernode_killed_and_restarted_at_once_retries_rejoins_and_continues(cluster: Cluster):
+    users = ["cnn-cls", "vit-multilabel", "bert-text"]
+    cluster.certs_and_keys(users)
+    cluster.start_superlink()
+    cluster.register(users)
+    ports = dict(zip(users, _free_ports(3), strict=True))
+    for user in users:
+        cluster.start_node(user, ports[user], "--warm", "--fast-poll", "0.2")
+    for user in users:
+        for pattern in ("SuperNode ID", "preloaded"):
+            _wait_for(cluster.logs / f"node-{user}.log", pattern, 90, cluster.procs[f"node-{user}"])
+
+    out = cluster.root / "out"
+    run_config = {
+        "num-server-rounds": 12, "federation": TINY_FEDERATION, "public-size": 64,
+        "public-batch-size": 8, "embed-dim": 16, "num-partners": 2, "local-steps": 2,
+        "batch-size": 8, "min-nodes": 3, "quorum": 2, "node-wait-timeout": 90.0,
+        "round-timeout": 20.0, "grid-poll-interval": 0.2, "output-dir": str(out),
+        "allow-missing-users": True,
+    }  # fmt: skip
+    log = (cluster.logs / "flwr-run.log").open("w")
+    run = subprocess.Popen(
+        [str(VENV_BIN / "flwr"), "run", str(ROOT), "test", "--stream",
+         "--run-config", toml_overrides(run_config)],
+        env=_env(cluster.cli_home), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    cluster.procs["flwr-run"] = run
+    _wait_rounds(out, 2, 300, run)
+    cluster.kill("node-bert-text", signal.SIGKILL)  # no goodbye: the SuperLink counts it online
+    cluster.procs["node-bert-text"].wait(timeout=10)
+    first_log = cluster.logs / "node-bert-text.log"
+    first_log.rename(cluster.logs / "node-bert-text-killed.log")
+    restarted = cluster.start_node("bert-text", ports["bert-text"], "--warm", "--fast-poll", "0.2")
+    _wait_for(first_log, "SuperNode ID", 150, restarted)
+    assert run.wait(timeout=400) == 0, (cluster.logs / "flwr-run.log").read_text()[-4000:]
+
+    node_log = first_log.read_text()
+    assert "refused to activate this node" in node_log  # it was refused at first, and waited
+    rounds = json.loads(sorted(out.glob("run-*/results.json"))[-1].read_text())["rounds"]
+    back = [r["round"] for r in rounds if "bert-text" in r["replied"]]
+    missed = [r["round"] for r in rounds if "bert-text" not in r["replied"]]
+    assert missed and back[-1] == 12, (back, missed)  # left out for a while, then back
+    assert missed == list(range(missed[0], missed[-1] + 1))  # only while it was gone
+    for r in rounds:  # the others never stopped
+        assert {"cnn-cls", "vit-multilabel"} <= set(r["replied"])
+    # It continued from its saved state: one more trained round each time it replied.
+    trained = [r["metrics"]["bert-text"]["rounds-trained"] for r in rounds if r["round"] in back]
+    assert trained[0] == 1 and trained == sorted(set(trained)), trained
+    assert trained[-1] >= len(back), trained
+    assert trained[back.index(missed[-1] + 1)] > 1  # the first round back did not start afresh
