@@ -1,4 +1,4 @@
-"""One user's local work: supervised steps, contrastive steps, evaluation, representations.
+"""A user's :class:`Trainer`: supervised steps, contrastive steps, evaluation, representations.
 
 Plain PyTorch, device-agnostic, no Flower. The ClientApp drives a :class:`Trainer` once
 per round and saves its :meth:`Trainer.state_dict` between messages.
@@ -9,88 +9,24 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from fedmuscle_flwr.algorithms import get_algorithm, list_algorithms
-from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.algorithms import get_algorithm
 from fedmuscle_flwr.data.batches import CollatedSplit
 from fedmuscle_flwr.data.users import UserData
-from fedmuscle_flwr.devices import resolve_device
-from fedmuscle_flwr.federation import UserProfile
 from fedmuscle_flwr.models import ClientModel
 from fedmuscle_flwr.payload import UserPayload
-from fedmuscle_flwr.privacy import (
-    PrivacySettings,
-    PrivateSteps,
-    make_private_model,
-    task_parameters,
-)
+from fedmuscle_flwr.privacy import PrivateSteps, make_private_model, task_parameters
+from fedmuscle_flwr.training.gate import paired_round, validation_gate
+from fedmuscle_flwr.training.helpers import check_finite, frozen_norm_statistics, is_head
+from fedmuscle_flwr.training.settings import TrainSettings
 
-__all__ = ["TrainSettings", "Trainer", "contrastive_objective", "gate_decision", "resolve_device"]
+__all__ = ["Trainer", "contrastive_objective"]
 
 EVAL_BATCH = 256
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Hyper-parameters of one user's local work (run config, with per-user overrides)."""
-
-    algorithm: str = "muscle"
-    tau: float = 0.1
-    tau_alpha: float = 0.1
-    contrastive_weight: float = 1.0
-    contrastive_steps: int = 1
-    local_steps: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    amp: bool = False
-    contrastive_order: str = "before"
-    public_norm: str = "train"
-    optimizer_state: str = "shared"
-    gate: str = "off"
-    gate_tolerance: float = 0.0
-    gate_max_scale: float = 1.0
-    dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
-    privacy: PrivacySettings = field(default_factory=PrivacySettings)
-    private_steps: int = 0  # the most DP steps the run can take (sets the noise)
-
-    def __post_init__(self) -> None:
-        if self.algorithm not in list_algorithms():
-            raise ValueError(
-                f"algorithm must be one of {list_algorithms()}, got {self.algorithm!r}"
-            )
-
-    @classmethod
-    def for_user(cls, config: RunConfig, profile: UserProfile) -> TrainSettings:
-        """The run's settings with the profile's overrides (learning rate, local steps)."""
-        return cls(
-            algorithm=config.algorithm,
-            tau=config.tau,
-            tau_alpha=config.tau_alpha,
-            contrastive_weight=config.contrastive_weight,
-            contrastive_steps=config.contrastive_steps,
-            local_steps=profile.local_steps or config.local_steps,
-            batch_size=config.batch_size,
-            learning_rate=profile.learning_rate or config.learning_rate,
-            amp=config.amp,
-            contrastive_order=config.contrastive_order,
-            public_norm=config.public_norm,
-            optimizer_state=config.optimizer_state,
-            gate=config.gate,
-            gate_tolerance=config.gate_tolerance,
-            gate_max_scale=config.gate_max_scale,
-            dp=config.dp,
-            privacy=PrivacySettings(
-                epsilon=config.dp_epsilon,
-                delta=config.dp_delta,
-                max_grad_norm=config.dp_max_grad_norm,
-            ),
-            private_steps=config.private_steps,
-        )
 
 
 def contrastive_objective(
@@ -98,24 +34,6 @@ def contrastive_objective(
 ) -> Callable[[Tensor], Tensor]:
     """The contrastive loss of the registered ``algorithm`` against this round's payload."""
     return get_algorithm(algorithm).objective(payload, tau=tau, tau_alpha=tau_alpha)
-
-
-def gate_decision(
-    before: float, after: float, *, scale: float, tolerance: float = 0.0, max_scale: float = 1.0
-) -> tuple[bool, float]:
-    """The validation gate: keep a contrastive update, and the user's next lambda scale.
-
-    An update is kept when the validation loss did not rise by more than ``tolerance``
-    (relative): ``after <= before * (1 + tolerance)``, or ``after <= before`` when
-    ``before`` is not positive. Kept: the scale doubles, up to ``max_scale`` (1: back to
-    the configured lambda; more: a user whose partners keep helping it contrasts more
-    strongly). Not kept (the caller rolls the update back): the scale halves, so a user
-    whose partners keep hurting it contrasts ever more weakly, and comes back as soon as
-    an update helps.
-    """
-    limit = before * (1 + tolerance) if before > 0 else before
-    kept = after <= limit
-    return kept, (min(max_scale, scale * 2) if kept else scale / 2)
 
 
 class Trainer:
@@ -163,7 +81,7 @@ class Trainer:
         self.contrastive_optimizer: torch.optim.Optimizer | None = None
         if settings.optimizer_state == "separate" or settings.dp:
             self.contrastive_optimizer = torch.optim.AdamW(
-                [p for p in model.trainable_parameters() if not _is_head(model, p)],
+                [p for p in model.trainable_parameters() if not is_head(model, p)],
                 lr=settings.learning_rate,
             )
         self.private: PrivateSteps | None = None
@@ -241,30 +159,7 @@ class Trainer:
             return {"train-loss": self.supervised_update()}
         if not paired:
             return self._round_steps(indices, payload, weight)
-        start = self._snapshot(full=True)
-        alone = {"train-loss": self.supervised_update()}
-        alone_loss = self.validation_loss()
-        alone_state = self._snapshot(full=True)
-        self._restore(start)
-        result = self._round_steps(indices, payload, weight)
-        joined_loss = self.validation_loss()
-        kept, scale = gate_decision(alone_loss, joined_loss, **self._gate_settings())
-        if not kept:
-            self._restore(alone_state)
-            result["train-loss"] = alone["train-loss"]
-        self.gate_scale = scale
-        return result | {
-            "gate-kept": float(kept),
-            "validation-loss-alone": alone_loss,
-            "validation-loss-joined": joined_loss,
-        }
-
-    def _gate_settings(self) -> dict[str, float]:
-        return {
-            "scale": self.gate_scale,
-            "tolerance": self.settings.gate_tolerance,
-            "max_scale": self.settings.gate_max_scale,
-        }
+        return paired_round(self, indices, payload, weight)
 
     def _round_steps(
         self, indices: Sequence[int], payload: UserPayload, weight: float | None
@@ -300,7 +195,7 @@ class Trainer:
                 private.skip()
                 continue
             loss = self.model.task_loss(self._batch(self.data.train, indices))
-            _check_finite(loss)
+            check_finite(loss)
             private.step(loss)
             losses.append(float(loss.detach()))
         return sum(losses) / len(losses) if losses else float("nan")
@@ -335,23 +230,14 @@ class Trainer:
             tau_alpha=self.settings.tau_alpha,
         )
         batch = self._batch(self.data.public, indices)
-        gated = self.settings.gate == "validation" and self.data.validation is not None
-        if gated:
-            before = self.validation_loss()
-            snapshot = self._snapshot()
-        loss = self._contrastive_steps(objective, batch, effective)
-        result = {"contrastive-loss": loss, "lambda": effective}
-        if gated:
-            after = self.validation_loss()
-            kept, self.gate_scale = gate_decision(before, after, **self._gate_settings())
-            if not kept:
-                self._restore(snapshot)
-            result |= {
-                "gate-kept": float(kept),
-                "validation-loss-before": before,
-                "validation-loss-after": after,
-            }
-        return result
+
+        def steps() -> dict[str, float]:
+            loss = self._contrastive_steps(objective, batch, effective)
+            return {"contrastive-loss": loss, "lambda": effective}
+
+        if self.settings.gate == "validation" and self.data.validation is not None:
+            return validation_gate(self, steps)
+        return steps()
 
     def _contrastive_steps(
         self, objective: Callable[[Tensor], Tensor], batch: dict[str, Any], weight: float
@@ -474,7 +360,7 @@ class Trainer:
             return task_parameters(self.model, lambda: self.model.task_loss(batch))
 
     def _step(self, loss: Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
-        _check_finite(loss)
+        check_finite(loss)
         optimizer = optimizer or self.optimizer
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -509,36 +395,9 @@ class Trainer:
         """``public-norm = "frozen"``: norm layers use (and keep) their running statistics."""
         if self.settings.public_norm == "train":
             return contextlib.nullcontext()
-        return _frozen_norm_statistics(self.model)
+        return frozen_norm_statistics(self.model)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self.settings.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-
-def _check_finite(loss: Tensor) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {float(loss)}: lower the learning rate or tau")
-
-
-def _is_head(model: ClientModel, param: torch.nn.Parameter) -> bool:
-    """Whether ``param`` belongs to the task head (which the contrastive loss never reaches)."""
-    return any(param is p for p in model.head.parameters())
-
-
-@contextlib.contextmanager
-def _frozen_norm_statistics(model: torch.nn.Module) -> Iterator[None]:
-    """Put batch-statistics norm layers in eval mode for the duration, then restore."""
-    norms = [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
-    ]
-    for module in norms:
-        module.eval()
-    try:
-        yield
-    finally:
-        for module in norms:
-            module.train()

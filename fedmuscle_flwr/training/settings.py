@@ -1,0 +1,70 @@
+"""A user's training settings: the run config with the user's profile overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedmuscle_flwr.algorithms import list_algorithms
+from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.federation import UserProfile
+from fedmuscle_flwr.privacy import PrivacySettings
+
+__all__ = ["TrainSettings"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyper-parameters of one user's local work (run config, with per-user overrides)."""
+
+    algorithm: str = "muscle"
+    tau: float = 0.1
+    tau_alpha: float = 0.1
+    contrastive_weight: float = 1.0
+    contrastive_steps: int = 1
+    local_steps: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    amp: bool = False
+    contrastive_order: str = "before"
+    public_norm: str = "train"
+    optimizer_state: str = "shared"
+    gate: str = "off"
+    gate_tolerance: float = 0.0
+    gate_max_scale: float = 1.0
+    dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    private_steps: int = 0  # the most DP steps the run can take (sets the noise)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in list_algorithms():
+            raise ValueError(
+                f"algorithm must be one of {list_algorithms()}, got {self.algorithm!r}"
+            )
+
+    @classmethod
+    def for_user(cls, config: RunConfig, profile: UserProfile) -> TrainSettings:
+        """The run's settings with the profile's overrides (learning rate, local steps)."""
+        return cls(
+            algorithm=config.algorithm,
+            tau=config.tau,
+            tau_alpha=config.tau_alpha,
+            contrastive_weight=config.contrastive_weight,
+            contrastive_steps=config.contrastive_steps,
+            local_steps=profile.local_steps or config.local_steps,
+            batch_size=config.batch_size,
+            learning_rate=profile.learning_rate or config.learning_rate,
+            amp=config.amp,
+            contrastive_order=config.contrastive_order,
+            public_norm=config.public_norm,
+            optimizer_state=config.optimizer_state,
+            gate=config.gate,
+            gate_tolerance=config.gate_tolerance,
+            gate_max_scale=config.gate_max_scale,
+            dp=config.dp,
+            privacy=PrivacySettings(
+                epsilon=config.dp_epsilon,
+                delta=config.dp_delta,
+                max_grad_norm=config.dp_max_grad_norm,
+            ),
+            private_steps=config.private_steps,
+        )
