@@ -3,7 +3,8 @@
 The only library module that imports Flower. Every reader validates what arrived before
 any math sees it (size, serialisation, dtype, shape, metadata, finiteness, row norms,
 round id) and raises :class:`WireError`, which names the sender, the field and what to do,
-so the strategy can leave that one sender out of the round and carry on.
+so the strategy can leave that one sender out of the round and carry on. The checks on
+plain values live in :mod:`fedmuscle_flwr.wire_checks`; import them from here.
 
 Record layout in a message's :class:`~flwr.app.RecordDict`:
 
@@ -27,7 +28,6 @@ Record layout in a message's :class:`~flwr.app.RecordDict`:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +38,20 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
 from fedmuscle_flwr.payload import UserPayload
+from fedmuscle_flwr.wire_checks import (
+    ALLOWED_DTYPES,
+    NORM_ATOL,
+    WireError,
+    batch_digest,
+    check_decoded,
+    check_indices,
+    check_round,
+    check_size,
+    finite,
+    finite_metrics,
+    finite_unit_rows,
+    non_empty_strings,
+)
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -71,40 +85,10 @@ GRPC_MAX_MESSAGE_BYTES = 2_147_483_647
 
 REPRESENTATION_KEY = "representation"
 PAYLOAD_KEY = "muscle"
-#: Float dtypes accepted on the wire; arrays are converted to float32 on arrival.
-ALLOWED_DTYPES = frozenset({"float16", "float32", "float64"})
 #: Default cap on one uploaded representation matrix (256 x 8192 float32 is 8 MiB).
 DEFAULT_MAX_REPRESENTATION_BYTES = 64 * 1024 * 1024
 #: What a reply's ``user`` record holds.
 USER_FIELDS = ("user-id", "model", "task", "metric")
-#: Row-norm tolerance on arrival: loose enough for bfloat16/float16 encoders; rows are then
-#: re-normalised exactly so the loss sees unit rows.
-NORM_ATOL = 1e-2
-
-
-class WireError(ValueError):
-    """A record that failed validation on arrival.
-
-    Attributes
-    ----------
-    sender
-        Node id of the sender when known (None on the client, for server payloads).
-    field
-        The record or array that was wrong.
-    """
-
-    def __init__(self, reason: str, *, field: str, sender: int | None = None) -> None:
-        who = f" from node {sender}" if sender is not None else ""
-        super().__init__(f"invalid {field}{who}: {reason}")
-        self.reason = reason
-        self.field = field
-        self.sender = sender
-
-
-def batch_digest(indices: Sequence[int]) -> str:
-    """Short digest of the public batch's indices; both sides must agree on it."""
-    data = np.asarray(list(indices), dtype=np.int64).tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def record_nbytes(content: RecordDict) -> int:
@@ -153,7 +137,7 @@ def representation_from_records(
         On anything that is not a finite, unit-norm (rows, dim) float matrix for this round.
     """
     meta = _config(content, f"{REPRESENTATION_KEY}.meta", sender)
-    _check_round(meta, round_id, f"{REPRESENTATION_KEY}.meta", sender)
+    check_round(meta.get("round"), round_id, f"{REPRESENTATION_KEY}.meta", sender)
     if digest is not None and meta.get("batch-digest") != digest:
         raise WireError(
             f"batch digest {meta.get('batch-digest')!r} != {digest!r}: Z was computed on "
@@ -173,7 +157,7 @@ def representation_from_records(
             field=field,
             sender=sender,
         )
-    return _finite_unit_rows(array, field, sender)
+    return finite_unit_rows(array, field, sender)
 
 
 # ----------------------------------------------------------------- payload
@@ -232,7 +216,7 @@ def payload_from_records(
         non-unit partner rows, or arrays over ``max_bytes``.
     """
     meta = _config(content, f"{PAYLOAD_KEY}.meta", None)
-    _check_round(meta, round_id, f"{PAYLOAD_KEY}.meta", None)
+    check_round(meta.get("round"), round_id, f"{PAYLOAD_KEY}.meta", None)
     partners = meta.get("partner-ids")
     if not isinstance(partners, list) or not partners or len(set(partners)) != len(partners):
         raise WireError(
@@ -263,10 +247,12 @@ def payload_from_records(
         )
     aggregated = log_alpha = None
     if form == "dense":
-        aggregated = _finite(
-            _array(content, PAYLOAD_KEY, "aggregated", None, max_bytes), "aggregated"
+        aggregated = finite(
+            _array(content, PAYLOAD_KEY, "aggregated", None, max_bytes), f"{PAYLOAD_KEY}/aggregated"
         )
-        log_alpha = _finite(_array(content, PAYLOAD_KEY, "log-alpha", None, max_bytes), "log-alpha")
+        log_alpha = finite(
+            _array(content, PAYLOAD_KEY, "log-alpha", None, max_bytes), f"{PAYLOAD_KEY}/log-alpha"
+        )
         if aggregated.shape != (rows**num, dim) or log_alpha.shape != (rows**num,):
             raise WireError(
                 f"dense shapes {tuple(aggregated.shape)} and {tuple(log_alpha.shape)}, expected "
@@ -275,8 +261,8 @@ def payload_from_records(
             )
     return UserPayload(
         partner_ids=tuple(int(p) for p in partners),
-        others=_finite_unit_rows(others, f"{PAYLOAD_KEY}/others", None),
-        log_alpha_pairs=_finite(pairs, "log-alpha-pairs"),
+        others=finite_unit_rows(others, f"{PAYLOAD_KEY}/others", None),
+        log_alpha_pairs=finite(pairs, f"{PAYLOAD_KEY}/log-alpha-pairs"),
         aggregated=aggregated,
         log_alpha=log_alpha,
     )
@@ -321,8 +307,8 @@ def instruction_from_records(content: RecordDict, *, public_size: int, dim: int)
     round_id = meta.get("round")
     if not isinstance(round_id, int) or round_id < 1:
         raise WireError(f"round must be a positive integer, got {round_id!r}", field="instruction")
-    contrast = _indices(meta, "contrast-indices", public_size)
-    following = _indices(meta, "next-indices", public_size)
+    contrast = check_indices(meta.get("contrast-indices"), "contrast-indices", public_size)
+    following = check_indices(meta.get("next-indices"), "next-indices", public_size)
     payload = None
     if has_payload(content):
         if contrast is None:
@@ -367,13 +353,7 @@ def reply_failure(content: RecordDict, sender: int) -> tuple[str, str] | None:
 
 def reply_user(content: RecordDict, sender: int) -> dict[str, str]:
     """The ``user`` record of a reply (user-id, model, task, metric), validated."""
-    record = _config(content, "user", sender)
-    user = {k: record.get(k) for k in USER_FIELDS}
-    if not all(isinstance(v, str) and v for v in user.values()):
-        raise WireError(
-            f"needs non-empty {', '.join(USER_FIELDS)}, got {user!r}", field="user", sender=sender
-        )
-    return {k: str(v) for k, v in user.items()}
+    return non_empty_strings(_config(content, "user", sender), USER_FIELDS, "user", sender)
 
 
 def reply_metrics(content: RecordDict, sender: int) -> dict[str, float]:
@@ -381,33 +361,10 @@ def reply_metrics(content: RecordDict, sender: int) -> dict[str, float]:
     record = content.metric_records.get("metrics")
     if record is None:
         raise WireError("missing", field="metrics", sender=sender)
-    metrics = {}
-    for name, value in record.items():
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            raise WireError(
-                f"{name} = {value!r} is not a finite number", field="metrics", sender=sender
-            )
-        metrics[name] = float(value)
-    return metrics
+    return finite_metrics(record.items(), sender)
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def _indices(meta: ConfigRecord, key: str, public_size: int) -> tuple[int, ...] | None:
-    values = meta.get(key)
-    if values is None:
-        return None
-    if (
-        not isinstance(values, list)
-        or len(values) < 2
-        or not all(isinstance(v, int) and 0 <= v < public_size for v in values)
-    ):
-        raise WireError(
-            f"{key} must list at least 2 indices in [0, {public_size}), got {values!r}",
-            field="instruction",
-        )
-    return tuple(int(v) for v in values)
 
 
 def _config(content: RecordDict, key: str, sender: int | None) -> ConfigRecord:
@@ -419,13 +376,6 @@ def _config(content: RecordDict, key: str, sender: int | None) -> ConfigRecord:
     return record
 
 
-def _check_round(meta: ConfigRecord, round_id: int, field: str, sender: int | None) -> None:
-    if meta.get("round") != round_id:
-        raise WireError(
-            f"stale round {meta.get('round')!r}, expected {round_id}", field=field, sender=sender
-        )
-
-
 def _array(
     content: RecordDict, record_key: str, name: str, sender: int | None, max_bytes: int
 ) -> np.ndarray:
@@ -435,50 +385,9 @@ def _array(
     if record is None or name not in record:
         raise WireError("missing", field=field, sender=sender)
     array = record[name]
-    if len(array.data) > max_bytes:
-        raise WireError(
-            f"{len(array.data):,} bytes, over the limit of {max_bytes:,}",
-            field=field,
-            sender=sender,
-        )
+    check_size(len(array.data), max_bytes, field, sender)
     try:
         decoded = array.numpy()  # np.load(allow_pickle=False): pickles are refused
     except (TypeError, ValueError, OSError, EOFError) as err:
         raise WireError(f"cannot decode ({err})", field=field, sender=sender) from err
-    if decoded.dtype.name not in ALLOWED_DTYPES:
-        raise WireError(
-            f"dtype {decoded.dtype.name}, expected one of {sorted(ALLOWED_DTYPES)}",
-            field=field,
-            sender=sender,
-        )
-    if decoded.dtype.name != array.dtype or tuple(decoded.shape) != tuple(array.shape):
-        raise WireError(
-            f"metadata says {array.dtype}{list(array.shape)} but the data is "
-            f"{decoded.dtype.name}{list(decoded.shape)}",
-            field=field,
-            sender=sender,
-        )
-    return decoded
-
-
-def _finite(array: np.ndarray, name: str) -> Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).float()
-    if not torch.isfinite(tensor).all():
-        raise WireError("holds NaN or inf values", field=f"{PAYLOAD_KEY}/{name}")
-    return tensor
-
-
-def _finite_unit_rows(array: np.ndarray, field: str, sender: int | None) -> Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if not torch.isfinite(tensor).all():
-        raise WireError("holds NaN or inf values", field=field, sender=sender)
-    norms = torch.linalg.vector_norm(tensor.double(), dim=-1)
-    worst = (norms - 1).abs().max().item() if norms.numel() else 0.0
-    if worst > NORM_ATOL:
-        raise WireError(
-            f"rows must be L2-normalised; the worst is off by {worst:.3g} "
-            "(a collapsed, scaled or un-normalised encoder output)",
-            field=field,
-            sender=sender,
-        )
-    return torch.nn.functional.normalize(tensor.float(), dim=-1)
+    return check_decoded(decoded, array.dtype, array.shape, field, sender)
