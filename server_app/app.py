@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context
@@ -14,8 +13,6 @@ from fedmuscle_flwr.preflight import check_run
 from server_app.checkpoint import load_checkpoint
 from server_app.fast_grid import wrap_grid
 from server_app.strategy import FedMuscleStrategy, RunFailed
-
-logger = logging.getLogger("fedmuscle.server")
 
 app = ServerApp()
 

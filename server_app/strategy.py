@@ -12,7 +12,6 @@ Evaluation travels with the train reply, so the evaluate phase sends nothing.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import uuid
@@ -35,10 +34,11 @@ from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
 from fedmuscle_flwr.screening import screen
 from server_app.checkpoint import Checkpoint, fingerprint, save_checkpoint
+from server_app.logs import server_logger
 
 __all__ = ["FedMuscleStrategy"]
 
-logger = logging.getLogger("fedmuscle.server")
+logger = server_logger()
 
 
 @dataclass
@@ -278,11 +278,9 @@ class FedMuscleStrategy(Strategy):
         if not record.replied and state.errors and state.errors == set(state.messages):
             reasons = sorted(set(record.failed.values()))
             raise RunFailed(f"round {server_round}: every user failed: {'; '.join(reasons)}")
-        line = self.results.progress_line(
-            record, self.config.num_server_rounds, len(state.messages)
+        logger.info(
+            self.results.progress_line(record, self.config.num_server_rounds, len(state.messages))
         )
-        logger.info(line)
-        print(line, flush=True)
         self._round = None
         if self.checkpoint_dir is not None:  # the round is on disk before the next starts
             self.results.write(self.checkpoint_dir)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import sys
 
 import pytest
 import torch
@@ -222,13 +224,19 @@ def test_fraction_train_samples_a_seeded_subset():
     assert len(picked) == 4
 
 
-def test_progress_line_reports_replies_metrics_and_bytes(capsys):
-    strategy = FedMuscleStrategy(config(), device="cpu")
-    grid = FakeGrid([1, 2])
-    sent = send(strategy, 1, grid)
-    strategy.aggregate_train(1, [reply(m) for m in sent.values()])
+def test_progress_line_reports_replies_metrics_and_bytes(capsys, monkeypatch):
+    root = logging.getLogger()  # logging configured elsewhere must not repeat the line
+    monkeypatch.setattr(root, "handlers", [logging.StreamHandler(sys.stdout)])
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        strategy = FedMuscleStrategy(config(), device="cpu")
+        sent = send(strategy, 1, FakeGrid([1, 2]))
+        strategy.aggregate_train(1, [reply(m) for m in sent.values()])
+    finally:
+        root.setLevel(level)
     out = capsys.readouterr().out
-    assert "round 1/3: 2/2 users replied" in out
+    assert out.count("round 1/3: 2/2 users replied") == 1
     assert "image-classification accuracy 0.515" in out
     assert "up " in out and "down " in out and "server " in out
 
