@@ -156,13 +156,25 @@ class RunResults:
         info = self.users.get(user_id)
         return metrics.get(info.metric) if info else None
 
-    def progress_line(self, record: RoundRecord, num_rounds: int, sent: int) -> str:
-        """One line per round: replies, mean metric per task, bytes, server time."""
-        by_task: dict[str, list[float]] = defaultdict(list)
+    def primary_by_task(self, record: RoundRecord) -> dict[tuple[str, str], list[float]]:
+        """The users' primary metrics in ``record``, by (task, metric name), in user order."""
+        by_task: dict[tuple[str, str], list[float]] = defaultdict(list)
         for user_id, metrics in record.metrics.items():
             value = self.primary(user_id, metrics)
             if value is not None:
-                by_task[f"{self.users[user_id].task} {self.users[user_id].metric}"].append(value)
+                by_task[(self.users[user_id].task, self.users[user_id].metric)].append(value)
+        return dict(by_task)
+
+    def task_means(self, record: RoundRecord) -> dict[str, float]:
+        """Mean primary metric per task in ``record``."""
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for (task, _), values in self.primary_by_task(record).items():
+            by_task[task] += values
+        return {task: sum(v) / len(v) for task, v in by_task.items()}
+
+    def progress_line(self, record: RoundRecord, num_rounds: int, sent: int) -> str:
+        """One line per round: replies, mean metric per task, bytes, server time."""
+        by_task = {f"{t} {m}": v for (t, m), v in self.primary_by_task(record).items()}
         tasks = ", ".join(f"{k} {statistics.fmean(v):.3f}" for k, v in sorted(by_task.items()))
         return (
             f"round {record.round}/{num_rounds}: {len(record.replied)}/{sent} users replied"

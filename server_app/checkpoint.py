@@ -11,6 +11,7 @@ what differs.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,17 @@ import torch
 from fedmuscle_flwr.config import ConfigError, RunConfig
 from fedmuscle_flwr.federation import load_federation
 from fedmuscle_flwr.files import PRIVATE, atomic_write
+from fedmuscle_flwr.payload import UserPayload
 
-__all__ = ["CHECKPOINT_FILE", "Checkpoint", "fingerprint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "Checkpoint",
+    "fingerprint",
+    "load_checkpoint",
+    "payloads_by_node",
+    "payloads_by_user",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 #: Keys a resumed run may change: where things go, how long to wait, how many rounds in all
@@ -64,6 +74,42 @@ class Checkpoint:
     next_indices: tuple[int, ...] = ()
     # user id -> payload fields (partner user ids, others, log-alpha pairs, dense parts)
     next_payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def payloads_by_user(
+    payloads: Mapping[int, UserPayload], user_of: Callable[[int], str]
+) -> dict[str, dict[str, Any]]:
+    """Payloads in flight keyed by user, partners named by user (node ids do not last)."""
+    return {
+        user_of(node): {
+            "partners": [user_of(p) for p in payload.partner_ids],
+            "others": payload.others,
+            "log_alpha_pairs": payload.log_alpha_pairs,
+            "aggregated": payload.aggregated,
+            "log_alpha": payload.log_alpha,
+        }
+        for node, payload in payloads.items()
+    }
+
+
+def payloads_by_node(
+    saved: Mapping[str, dict[str, Any]], node_of: Mapping[str, int]
+) -> dict[int, UserPayload]:
+    """The saved payloads addressed to the nodes that now serve their users (others dropped).
+
+    A partner no node serves any more gets node id -1.
+    """
+    return {
+        node_of[user]: UserPayload(
+            partner_ids=tuple(node_of.get(p, -1) for p in fields_["partners"]),
+            others=fields_["others"],
+            log_alpha_pairs=fields_["log_alpha_pairs"],
+            aggregated=fields_["aggregated"],
+            log_alpha=fields_["log_alpha"],
+        )
+        for user, fields_ in saved.items()
+        if user in node_of
+    }
 
 
 def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:

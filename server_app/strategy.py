@@ -33,7 +33,13 @@ from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
 from fedmuscle_flwr.screening import screen
-from server_app.checkpoint import Checkpoint, fingerprint, save_checkpoint
+from server_app.checkpoint import (
+    Checkpoint,
+    fingerprint,
+    payloads_by_node,
+    payloads_by_user,
+    save_checkpoint,
+)
 from server_app.logs import server_logger
 
 __all__ = ["FedMuscleStrategy"]
@@ -123,16 +129,7 @@ class FedMuscleStrategy(Strategy):
         if self._next is not None:
             checkpoint.next_round = self._next.round_id
             checkpoint.next_indices = self._next.indices
-            checkpoint.next_payloads = {
-                self._user_name(node): {
-                    "partners": [self._user_name(p) for p in payload.partner_ids],
-                    "others": payload.others,
-                    "log_alpha_pairs": payload.log_alpha_pairs,
-                    "aggregated": payload.aggregated,
-                    "log_alpha": payload.log_alpha,
-                }
-                for node, payload in self._next.payloads.items()
-            }
+            checkpoint.next_payloads = payloads_by_user(self._next.payloads, self._user_name)
         return checkpoint
 
     @cached_property
@@ -176,23 +173,13 @@ class FedMuscleStrategy(Strategy):
         assert checkpoint is not None and checkpoint.next_round is not None
         self._identify(grid, nodes, checkpoint.next_round)
         node_of = {user: node for node, user in self._node_user.items() if node in nodes}
-        payloads = {}
         unknown = sorted(set(checkpoint.next_payloads) - set(node_of))
         if unknown:
             logger.warning(
                 "round %d: no node said it serves %s: their payloads are dropped",
                 checkpoint.next_round, unknown,
             )  # fmt: skip
-        for user, fields_ in checkpoint.next_payloads.items():
-            if user not in node_of:
-                continue
-            payloads[node_of[user]] = UserPayload(
-                partner_ids=tuple(node_of.get(p, -1) for p in fields_["partners"]),
-                others=fields_["others"],
-                log_alpha_pairs=fields_["log_alpha_pairs"],
-                aggregated=fields_["aggregated"],
-                log_alpha=fields_["log_alpha"],
-            )
+        payloads = payloads_by_node(checkpoint.next_payloads, node_of)
         self._resumed = None
         return NextRound(checkpoint.next_round, tuple(checkpoint.next_indices), payloads)
 
@@ -285,7 +272,8 @@ class FedMuscleStrategy(Strategy):
         if self.checkpoint_dir is not None:  # the round is on disk before the next starts
             self.results.write(self.checkpoint_dir)
             save_checkpoint(self.checkpoint_dir, self.checkpoint())
-        return None, self._aggregate_metrics(record)
+        means = self.results.task_means(record)  # for Flower's own history
+        return None, MetricRecord({task: float(mean) for task, mean in means.items()})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -460,12 +448,3 @@ class FedMuscleStrategy(Strategy):
             )  # fmt: skip
         return {node: z for node, z in representations.items()
                 if not screens[self._user_name(node)].excluded}  # fmt: skip
-
-    def _aggregate_metrics(self, record: RoundRecord) -> MetricRecord:
-        """Mean primary metric per task, for Flower's own history."""
-        sums: dict[str, list[float]] = {}
-        for user_id, metrics in record.metrics.items():
-            value = self.results.primary(user_id, metrics)
-            if value is not None:
-                sums.setdefault(self.results.users[user_id].task, []).append(value)
-        return MetricRecord({task: sum(v) / len(v) for task, v in sums.items()})
