@@ -22,6 +22,7 @@ from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+Obj = TypeVar("Obj")
 
 __all__ = ["PluginWarning", "Registry", "UnknownNameError", "named_instance_of"]
 
@@ -129,6 +130,15 @@ class Registry(Generic[T]):
             self._entries[name] = value
             self._sources[name] = source
         return value
+
+    def decorator(self, name: str, *, exist_ok: bool = False) -> Callable[[Obj], Obj]:
+        """A decorator that registers its argument under ``name`` and returns it unchanged."""
+
+        def register(obj: Obj) -> Obj:
+            self.add(name, obj, exist_ok=exist_ok)
+            return obj
+
+        return register
 
     def remove(self, name: str) -> None:
         """Forget ``name`` (a no-op when it is not registered); mostly for tests."""

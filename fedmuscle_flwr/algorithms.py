@@ -84,12 +84,7 @@ ALGORITHMS: Registry[Algorithm] = Registry(
 
 def register_algorithm(name: str, *, exist_ok: bool = False) -> Callable[[AlgorithmT], AlgorithmT]:
     """Register an algorithm under ``name`` (class decorator; also takes an instance)."""
-
-    def decorator(obj: AlgorithmT) -> AlgorithmT:
-        ALGORITHMS.add(name, obj, exist_ok=exist_ok)
-        return obj
-
-    return decorator
+    return ALGORITHMS.decorator(name, exist_ok=exist_ok)
 
 
 def get_algorithm(name: str) -> Algorithm:

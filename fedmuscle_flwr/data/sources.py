@@ -77,12 +77,7 @@ SourceT = TypeVar("SourceT", bound="type[DataSource] | DataSource")
 
 def register_data_source(name: str, *, exist_ok: bool = False) -> Callable[[SourceT], SourceT]:
     """Register a :class:`DataSource` subclass (built with no arguments) or instance."""
-
-    def decorator(obj: SourceT) -> SourceT:
-        SOURCES.add(name, obj, exist_ok=exist_ok)
-        return obj
-
-    return decorator
+    return SOURCES.decorator(name, exist_ok=exist_ok)
 
 
 def get_data_source(name: str) -> DataSource:

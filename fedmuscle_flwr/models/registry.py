@@ -70,12 +70,7 @@ def register_client_model(name: str, *, exist_ok: bool = False) -> Callable[[Bui
     ...     return ClientModel(MyEncoder(**size), task=task, num_classes=num_classes,
     ...                        embed_dim=embed_dim)
     """
-
-    def decorator(builder: BuilderT) -> BuilderT:
-        MODELS.add(name, builder, exist_ok=exist_ok)
-        return builder
-
-    return decorator
+    return MODELS.decorator(name, exist_ok=exist_ok)
 
 
 def shared_arguments(*creators: Callable[..., Any]) -> Callable[[BuilderT], BuilderT]:

@@ -45,12 +45,7 @@ def register_task(name: str, *, exist_ok: bool = False) -> Callable[[TaskT], Tas
     >>> @register_task("my-task")  # doctest: +SKIP
     ... class MyTask(Task): ...
     """
-
-    def decorator(obj: TaskT) -> TaskT:
-        TASKS.add(name, obj, exist_ok=exist_ok)
-        return obj
-
-    return decorator
+    return TASKS.decorator(name, exist_ok=exist_ok)
 
 
 def get_task(name: str) -> Task:
