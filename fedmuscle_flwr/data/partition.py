@@ -170,33 +170,21 @@ def partition_sizes(dataset: Dataset, *, num_partitions: int, **kwargs: Any) -> 
 def user_split(
     dataset: Dataset,
     *,
-    num_partitions: int,
     partition_id: int,
-    scheme: str = "iid",
-    alpha: float = 0.5,
-    by: str = "label",
     seed: int = 0,
-    min_partition_size: int | None = None,
     test_fraction: float = 0.2,
+    **partitioning: Any,
 ) -> DatasetDict:
     """User ``partition_id``'s share split into ``"train"`` and held-out ``"test"``.
 
     The split is seeded by ``seed`` and ``partition_id``, so it is the same every time a
-    user asks, and different users draw different splits. Other parameters as in
-    :func:`partition`; ``test_fraction`` must be in ``(0, 1)``.
+    user asks, and different users draw different splits. ``partitioning`` (with
+    ``num_partitions``) and the other parameters are those of :func:`partition`;
+    ``test_fraction`` must be in ``(0, 1)``.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    share = partition(
-        dataset,
-        num_partitions=num_partitions,
-        partition_id=partition_id,
-        scheme=scheme,
-        alpha=alpha,
-        by=by,
-        seed=seed,
-        min_partition_size=min_partition_size,
-    )
+    share = partition(dataset, partition_id=partition_id, seed=seed, **partitioning)
     if len(share) < 2:
         raise ValueError(
             f"partition {partition_id} has {len(share)} rows; a train/test split needs >= 2"
