@@ -63,8 +63,8 @@ BASE = {
 }
 
 MODES: dict[str, dict[str, Any]] = {
-    "flower": {"run_config": {"grid-poll-interval": 3.0}, "flags": []},
-    "grid": {"run_config": {"grid-poll-interval": 0.2}, "flags": []},
+    "flower": {"run_config": {"grid-poll-interval": 3.0}, "flags": ["--cold"]},
+    "grid": {"run_config": {"grid-poll-interval": 0.2}, "flags": ["--cold"]},
     "warm": {"run_config": {"grid-poll-interval": 0.2}, "flags": ["--warm"]},
     "warm-fast": {
         "run_config": {"grid-poll-interval": 0.2},

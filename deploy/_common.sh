@@ -58,6 +58,57 @@ need_value() {  # need_value OPTION "$#"
     [[ "$2" -ge 2 ]] || die "$1 needs a value"
 }
 
+# parse_options USAGE_FN SPEC... -- "$@": every script's option parsing, in one place.
+#   SPEC "--name=VAR"        the option takes a value, stored in VAR
+#   SPEC "--name:VAR=VALUE"  a switch: sets VAR to VALUE
+# -h/--help prints USAGE_FN and exits 0; an unknown option is refused with the usage.
+# Sets ARGS (the positional arguments) and EXTRA (everything after a bare "--").
+parse_options() {
+    local usage_fn="$1" spec
+    shift
+    local -A takes=() switches=()
+    while [[ $# -gt 0 && "$1" != "--" ]]; do
+        spec="$1"
+        shift
+        if [[ "$spec" == *:*=* ]]; then
+            switches["${spec%%:*}"]="${spec#*:}"
+        else
+            takes["${spec%%=*}"]="${spec#*=}"
+        fi
+    done
+    [[ $# -gt 0 ]] && shift
+    ARGS=() EXTRA=()
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            -h|--help) "$usage_fn"; exit 0 ;;
+            --) shift; EXTRA=("$@"); break ;;
+        esac
+        if [[ "$1" != -* ]]; then
+            ARGS+=("$1")
+            shift
+        elif [[ -n "${takes[$1]+set}" ]]; then
+            need_value "$1" "$#"
+            printf -v "${takes[$1]}" '%s' "$2"
+            shift 2
+        elif [[ -n "${switches[$1]+set}" ]]; then
+            printf -v "${switches[$1]%%=*}" '%s' "${switches[$1]#*=}"
+            shift
+        else
+            "$usage_fn" >&2
+            die "unknown option $1"
+        fi
+    done
+}
+
+# no_arguments: refuse positional arguments (and, with "no-extra", anything after "--").
+no_arguments() {  # no_arguments USAGE_FN [no-extra]
+    if [[ ${#ARGS[@]} -gt 0 ]]; then "$1" >&2; die "unknown argument ${ARGS[0]}"; fi
+    if [[ "${2:-}" == no-extra && ${#EXTRA[@]} -gt 0 ]]; then
+        "$1" >&2
+        die "unexpected arguments after --: ${EXTRA[*]}"
+    fi
+}
+
 # Flower starts its helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name from
 # $PATH: put the directory of the Flower commands first.
 _bin="$(dirname "$(flwr_bin flower-superlink)")"

@@ -11,7 +11,7 @@ main() {
 usage() {
     cat <<USAGE
 usage: deploy/local-demo.sh [--federation tiny|default|PATH] [--rounds N] [--workdir DIR] [--keep]
-                            [--run-config 'key=value ...'] [--timeout S] [--warm] [--fast-poll S]
+                            [--run-config 'key=value ...'] [--timeout S] [--warm | --cold] [--fast-poll S]
                             [--insecure]
 
 Starts, as separate processes on 127.0.0.1 (free ports picked at run time):
@@ -28,30 +28,22 @@ every process it started (by process group, also on failure or Ctrl-C).
                  removed at the end unless --keep or a failure)
   --run-config   more run-config overrides (TOML pairs), appended last
   --timeout S    limit for 'flwr run' (default 900)
-  --warm         SuperNodes with --isolation process and a warm ClientApp executor each
-                 (deploy/warm_clientapp.py) instead of a new flwr-clientapp per message
+  --warm         (the default) SuperNodes with --isolation process and a warm ClientApp
+                 executor each (deploy/warm_clientapp.py)
+  --cold         Flower's own mode instead: a new flwr-clientapp process per message
   --fast-poll S  cap the SuperNodes' idle poll at S seconds (deploy/supernode_fast_poll.py)
   --insecure     no TLS, no auth (only when asked for explicitly)
 Exit status: 0 when the run completed and results.json passed the checks.
 USAGE
 }
 
-federation="tiny" rounds=2 workdir="" keep=0 more="" timeout_s=900 insecure=0 node_opts=()
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        -h|--help) usage; exit 0 ;;
-        --federation) need_value "$1" "$#"; federation="$2"; shift 2 ;;
-        --rounds) need_value "$1" "$#"; rounds="$2"; shift 2 ;;
-        --workdir) need_value "$1" "$#"; workdir="$2"; shift 2 ;;
-        --keep) keep=1; shift ;;
-        --run-config) need_value "$1" "$#"; more="$2"; shift 2 ;;
-        --timeout) need_value "$1" "$#"; timeout_s="$2"; shift 2 ;;
-        --warm) node_opts+=(--warm); shift ;;
-        --fast-poll) need_value "$1" "$#"; node_opts+=(--fast-poll "$2"); shift 2 ;;
-        --insecure) insecure=1; shift ;;
-        *) usage >&2; die "unknown argument $1" ;;
-    esac
-done
+federation="tiny" rounds=2 workdir="" keep=0 more="" timeout_s=900 insecure=0 warm=1 fast_poll="" node_opts=()
+parse_options usage --federation=federation --rounds=rounds --workdir=workdir \
+    --keep:keep=1 --run-config=more --timeout=timeout_s --warm:warm=1 --cold:warm=0 \
+    --fast-poll=fast_poll --insecure:insecure=1 -- "$@"
+no_arguments usage no-extra
+[[ $warm -eq 1 ]] || node_opts+=(--cold)
+[[ -z "$fast_poll" ]] || node_opts+=(--fast-poll "$fast_poll")
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive whole number"
 case "$federation" in
     tiny) federation="$REPO_ROOT/tests/fixtures/federation_tiny.toml" ;;

@@ -21,16 +21,9 @@ USAGE
 }
 
 out="" sans="localhost,127.0.0.1,::1" days=365 force=0
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        -h|--help) usage; exit 0 ;;
-        --san) need_value "$1" "$#"; sans="$2"; shift 2 ;;
-        --days) need_value "$1" "$#"; days="$2"; shift 2 ;;
-        --force) force=1; shift ;;
-        -*) usage >&2; die "unknown option $1" ;;
-        *) [[ -z "$out" ]] || die "one OUT_DIR only"; out="$1"; shift ;;
-    esac
-done
+parse_options usage --san=sans --days=days --force:force=1 -- "$@"
+[[ ${#ARGS[@]} -le 1 ]] || die "one OUT_DIR only"
+out="${ARGS[0]:-}"
 [[ -n "$out" ]] || { usage >&2; die "OUT_DIR is required"; }
 [[ "$days" =~ ^[0-9]+$ ]] || die "--days must be a whole number"
 command -v openssl >/dev/null || die "openssl is not installed"

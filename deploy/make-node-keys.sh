@@ -15,14 +15,9 @@ USAGE
 }
 
 out="" force=0 names=()
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        -h|--help) usage; exit 0 ;;
-        --force) force=1; shift ;;
-        -*) usage >&2; die "unknown option $1" ;;
-        *) if [[ -z "$out" ]]; then out="$1"; else names+=("$1"); fi; shift ;;
-    esac
-done
+parse_options usage --force:force=1 -- "$@"
+out="${ARGS[0]:-}"
+names=("${ARGS[@]:1}")
 [[ -n "$out" && ${#names[@]} -gt 0 ]] || { usage >&2; die "OUT_DIR and at least one NAME are required"; }
 command -v ssh-keygen >/dev/null || die "ssh-keygen is not installed (openssh-client)"
 out="$(outside_repo "$out")"

@@ -16,14 +16,8 @@ USAGE
 }
 
 connection="" keys=()
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        -h|--help) usage; exit 0 ;;
-        --connection) need_value "$1" "$#"; connection="$2"; shift 2 ;;
-        -*) usage >&2; die "unknown option $1" ;;
-        *) keys+=("$1"); shift ;;
-    esac
-done
+parse_options usage --connection=connection -- "$@"
+keys=("${ARGS[@]}")
 [[ ${#keys[@]} -gt 0 ]] || { usage >&2; die "at least one public key is required"; }
 flwr="$(flwr_bin flwr)"
 conn=()

@@ -22,17 +22,10 @@ USAGE
 }
 
 connection="" app="$REPO_ROOT" dry_run=0 run_dir="" extra=()
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        -h|--help) usage; exit 0 ;;
-        --connection) need_value "$1" "$#"; connection="$2"; shift 2 ;;
-        --app) need_value "$1" "$#"; app="$2"; shift 2 ;;
-        --dry-run) dry_run=1; shift ;;
-        --) shift; extra=("$@"); break ;;
-        -*) usage >&2; die "unknown option $1" ;;
-        *) [[ -z "$run_dir" ]] || die "one RUN_DIR only (got '$run_dir' and '$1')"; run_dir="$1"; shift ;;
-    esac
-done
+parse_options usage --connection=connection --app=app --dry-run:dry_run=1 -- "$@"
+[[ ${#ARGS[@]} -le 1 ]] || die "one RUN_DIR only (got ${ARGS[*]})"
+run_dir="${ARGS[0]:-}"
+extra=("${EXTRA[@]}")
 [[ -n "$run_dir" ]] || { usage >&2; die "RUN_DIR is required (<output-dir>/run-<id>/)"; }
 [[ -r "$run_dir/results.json" ]] || die "no results.json in $run_dir: give the run's results directory (<output-dir>/run-<id>/)"
 [[ -r "$run_dir/checkpoint.pt" ]] || die "no checkpoint.pt in $run_dir: the run stopped before its first round ended; start it afresh"

@@ -30,21 +30,10 @@ USAGE
 }
 
 certs="" database="" fleet="0.0.0.0:9092" host="127.0.0.1" port="8000" logfile="" insecure=0 dry_run=0 extra=()
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        -h|--help) usage; exit 0 ;;
-        --certs) need_value "$1" "$#"; certs="$2"; shift 2 ;;
-        --database) need_value "$1" "$#"; database="$2"; shift 2 ;;
-        --fleet-address) need_value "$1" "$#"; fleet="$2"; shift 2 ;;
-        --host) need_value "$1" "$#"; host="$2"; shift 2 ;;
-        --port) need_value "$1" "$#"; port="$2"; shift 2 ;;
-        --log-file) need_value "$1" "$#"; logfile="$2"; shift 2 ;;
-        --insecure) insecure=1; shift ;;
-        --dry-run) dry_run=1; shift ;;
-        --) shift; extra=("$@"); break ;;
-        *) usage >&2; die "unknown argument $1" ;;
-    esac
-done
+parse_options usage --certs=certs --database=database --fleet-address=fleet --host=host \
+    --port=port --log-file=logfile --insecure:insecure=1 --dry-run:dry_run=1 -- "$@"
+no_arguments usage
+extra=("${EXTRA[@]}")
 [[ -n "$database" ]] || { usage >&2; die "--database is required (a restartable SuperLink keeps its state there)"; }
 private_dir "$(dirname "$database")"
 

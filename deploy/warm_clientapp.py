@@ -29,6 +29,7 @@ with ``--parent-pid`` it stops when its SuperNode ends.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
@@ -63,6 +64,7 @@ from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_htt
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import RetryInvoker, make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime import run_clientapp as flower_task
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 log = logging.getLogger("fedmuscle.warm-clientapp")
@@ -134,6 +136,12 @@ class WarmExecutor:
     def __init__(self, address: str, task_retry_seconds: float = 60.0) -> None:
         self.address = address
         self.task_retry_seconds = task_retry_seconds
+        # A task's message objects are pulled for up to 7,200 s by default: a task acquired
+        # as the SuperLink died would hold the worker for two hours. Bound it too.
+        pull = flower_task.pull_and_inflate_object_from_tree
+        flower_task.pull_and_inflate_object_from_tree = functools.partial(  # type: ignore[assignment]
+            getattr(pull, "func", pull), max_time=task_retry_seconds
+        )
         self.fab_hash: str | None = None
         self.load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
         self.tasks = 0

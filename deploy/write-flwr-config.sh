@@ -24,17 +24,9 @@ USAGE
 }
 
 address="" ca="" name="fedmuscle" insecure=0 make_default=1
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        -h|--help) usage; exit 0 ;;
-        --address) need_value "$1" "$#"; address="$2"; shift 2 ;;
-        --ca) need_value "$1" "$#"; ca="$2"; shift 2 ;;
-        --name) need_value "$1" "$#"; name="$2"; shift 2 ;;
-        --no-default) make_default=0; shift ;;
-        --insecure) insecure=1; shift ;;
-        *) usage >&2; die "unknown argument $1" ;;
-    esac
-done
+parse_options usage --address=address --ca=ca --name=name --no-default:make_default=0 \
+    --insecure:insecure=1 -- "$@"
+no_arguments usage no-extra
 [[ -n "$address" ]] || { usage >&2; die "--address is required"; }
 [[ "$name" =~ ^[A-Za-z0-9_-]+$ ]] || die "bad connection name '$name'"
 if [[ $insecure -eq 1 ]]; then

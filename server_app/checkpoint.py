@@ -26,6 +26,7 @@ from fedmuscle_flwr.payload import UserPayload
 __all__ = [
     "CHECKPOINT_FILE",
     "Checkpoint",
+    "absent_partners",
     "fingerprint",
     "load_checkpoint",
     "payloads_by_node",
@@ -92,16 +93,31 @@ def payloads_by_user(
     }
 
 
+def absent_partners(
+    saved: Mapping[str, dict[str, Any]], node_of: Mapping[str, int]
+) -> dict[str, int]:
+    """Placeholder ids 0, 1, ... for saved partners that no node serves any more.
+
+    Their Z is in the saved payloads, so the users they were chosen for still train with them;
+    the ids only label them on the wire (uint64, distinct, never a real node's random id).
+    """
+    gone = sorted({p for fields_ in saved.values() for p in fields_["partners"]} - set(node_of))
+    return {user: i for i, user in enumerate(gone)}
+
+
 def payloads_by_node(
     saved: Mapping[str, dict[str, Any]], node_of: Mapping[str, int]
-) -> dict[int, UserPayload]:
+) -> tuple[dict[int, UserPayload], dict[int, str]]:
     """The saved payloads addressed to the nodes that now serve their users (others dropped).
 
-    A partner no node serves any more gets node id -1.
+    A partner no node serves any more is named by its :func:`absent_partners` placeholder;
+    also returned: those placeholders' user ids.
     """
-    return {
+    absent = absent_partners(saved, node_of)
+    partner_of = {**absent, **node_of}
+    payloads = {
         node_of[user]: UserPayload(
-            partner_ids=tuple(node_of.get(p, -1) for p in fields_["partners"]),
+            partner_ids=tuple(partner_of[p] for p in fields_["partners"]),
             others=fields_["others"],
             log_alpha_pairs=fields_["log_alpha_pairs"],
             aggregated=fields_["aggregated"],
@@ -110,6 +126,7 @@ def payloads_by_node(
         for user, fields_ in saved.items()
         if user in node_of
     }
+    return payloads, {i: user for user, i in absent.items()}
 
 
 def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:

@@ -105,11 +105,11 @@ class FedMuscleStrategy(Strategy):
         self._node_user: dict[int, str] = {}
         self._round: _Round | None = None
         self.results = RunResults(config=config.to_dict())
-        # The run's identity: keys every user's saved state; a resumed run keeps it.
-        self.experiment = uuid.uuid4().hex[:16]
+        self.experiment = uuid.uuid4().hex[:16]  # keys users' saved state; resumed runs keep it
         self.checkpoint_dir = checkpoint_dir  # results.json + checkpoint.pt after each round
         self.rounds_before = 0  # rounds a resumed run had finished before this process
         self._resumed: Checkpoint | None = None  # payloads in flight, until nodes are known
+        self._absent_names: dict[int, str] = {}  # resumed partners with no node, by placeholder
 
     # ------------------------------------------------------------------ checkpoint
 
@@ -179,7 +179,7 @@ class FedMuscleStrategy(Strategy):
                 "round %d: no node said it serves %s: their payloads are dropped",
                 checkpoint.next_round, unknown,
             )  # fmt: skip
-        payloads = payloads_by_node(checkpoint.next_payloads, node_of)
+        payloads, self._absent_names = payloads_by_node(checkpoint.next_payloads, node_of)
         self._resumed = None
         return NextRound(checkpoint.next_round, tuple(checkpoint.next_indices), payloads)
 
@@ -381,7 +381,7 @@ class FedMuscleStrategy(Strategy):
         return user_id
 
     def _user_name(self, node: int) -> str:
-        return self._node_user.get(node, f"node-{node}")
+        return self._node_user.get(node) or self._absent_names.get(node) or f"node-{node}"
 
     def _fail(self, record: RoundRecord, name: str, reason: str) -> None:
         record.failed[name] = reason

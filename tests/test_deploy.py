@@ -174,6 +174,25 @@ class Cluster:
             home=node / "home",
         )  # fmt: skip
 
+    def start_nodes(self, users: list[str], *flags: str) -> dict[str, int]:
+        """One SuperNode per user, connected (and its warm worker preloaded); their ports."""
+        ports = dict(zip(users, _free_ports(len(users)), strict=True))
+        for user in users:
+            self.start_node(user, ports[user], *flags)
+        patterns = ["SuperNode ID"] + ([] if "--cold" in flags else ["preloaded"])
+        for user in users:
+            for pattern in patterns:
+                _wait_for(self.logs / f"node-{user}.log", pattern, 90, self.procs[f"node-{user}"])
+        return ports
+
+
+#: The run config of the cluster tests: tiny users, 3 of the tiny federation's 4.
+TINY_RUN = {
+    "federation": TINY_FEDERATION, "public-size": 64, "public-batch-size": 8, "embed-dim": 16,
+    "num-partners": 2, "local-steps": 2, "batch-size": 8, "min-nodes": 3, "quorum": 2,
+    "grid-poll-interval": 0.2, "allow-missing-users": True,
+}  # fmt: skip
+
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
@@ -310,6 +329,29 @@ def test_helpers_on_flower_internals_refuse_another_flower_version(script):
     assert "1.39" in done.stderr and "1.40.0" in done.stderr
 
 
+@needs_flower
+def test_warm_worker_stops_on_sigterm_within_seconds_and_with_its_supernode(tmp_path):
+    (port,) = _free_ports(1)  # nothing listens there: the worker keeps retrying its poll
+    parent = subprocess.Popen(["sleep", "300"])
+    workers = []
+    for extra in ([], ["--parent-pid", str(parent.pid)]):
+        log = (tmp_path / f"worker{len(workers)}.log").open("w")
+        command = [str(VENV_BIN / "python"), str(DEPLOY / "warm_clientapp.py"), "--preload", ""]
+        command += ["--runtime-api-address", f"127.0.0.1:{port}", "--stop-grace", "5", *extra]
+        env = _env(tmp_path / "home")
+        workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+    for i in range(2):
+        _wait_for(tmp_path / f"worker{i}.log", "warm ClientApp executor on", 60, workers[i])
+    started = time.monotonic()
+    workers[0].send_signal(signal.SIGTERM)
+    assert workers[0].wait(timeout=15) == 0
+    parent.kill()  # its SuperNode is gone: the worker goes too
+    parent.wait()
+    assert workers[1].wait(timeout=15) == 0
+    assert time.monotonic() - started < 15
+    assert "SIGTERM: stopping" in (tmp_path / "worker0.log").read_text()
+
+
 def test_keys_and_certificates_never_go_into_the_repo():
     for script, extra in (("make-certs.sh", []), ("make-node-keys.sh", ["n1"])):
         done = _script(script, str(ROOT / "secrets"), *extra)
@@ -408,24 +450,16 @@ def test_unregistered_supernode_is_refused_and_a_killed_one_is_left_out(cluster:
     assert set(ids) == set(users)
 
     # A SuperNode whose key was never registered is refused and exits.
-    ports = _free_ports(4)
-    intruder = cluster.start_node("intruder", ports[3], "--activate-timeout", "0")
+    (port,) = _free_ports(1)
+    intruder = cluster.start_node("intruder", port, "--activate-timeout", "0")
     assert intruder.wait(timeout=90) != 0
     assert "Failed to activate SuperNode" in (cluster.logs / "node-intruder.log").read_text()
 
-    for user, port in zip(users, ports, strict=False):
-        cluster.start_node(user, port, "--warm", "--fast-poll", "0.2")
-    for user in users:  # connected, and the warm executor has imported torch & co.
-        for pattern in ("SuperNode ID", "preloaded"):
-            _wait_for(cluster.logs / f"node-{user}.log", pattern, 90, cluster.procs[f"node-{user}"])
-
+    cluster.start_nodes(users, "--fast-poll", "0.2")
     out = cluster.root / "out"
-    run_config = {
-        "num-server-rounds": 3, "federation": TINY_FEDERATION, "public-size": 64,
-        "public-batch-size": 8, "embed-dim": 16, "num-partners": 2, "local-steps": 2,
-        "batch-size": 8, "min-nodes": 3, "quorum": 2, "node-wait-timeout": 60.0,
-        "round-timeout": 30.0, "grid-poll-interval": 0.2, "output-dir": str(out),
-        "allow-missing-users": True,  # 3 of the tiny federation's 4 users, on purpose
+    run_config = TINY_RUN | {
+        "num-server-rounds": 3, "node-wait-timeout": 60.0, "round-timeout": 30.0,
+        "output-dir": str(out),
     }  # fmt: skip
     run_log = cluster.logs / "flwr-run.log"
     with run_log.open("w") as log:
@@ -480,25 +514,18 @@ def _wait_rounds(out: Path, rounds: int, timeout: float, proc: subprocess.Popen)
 
 @needs_flower
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("warm", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("warm", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_superlink_killed_and_restarted_run_resumes_where_it_stopped(cluster: Cluster, warm):
     users = ["cnn-cls", "vit-multilabel", "bert-text"]
     cluster.certs_and_keys(users)
     cluster.start_superlink()
     cluster.register(users)
-    flags = ["--fast-poll", "0.2", *(["--warm"] if warm else [])]
-    for user, port in zip(users, _free_ports(3), strict=True):
-        cluster.start_node(user, port, *flags)
-    for user in users:
-        node = cluster.procs[f"node-{user}"]
-        _wait_for(cluster.logs / f"node-{user}.log", "SuperNode ID", 90, node)
-
+    flags = ["--fast-poll", "0.2", "--warm" if warm else "--cold"]
+    cluster.start_nodes(users, *flags)
     out = cluster.root / "out"
-    run_config = {
-        "num-server-rounds": 4, "federation": TINY_FEDERATION, "public-size": 64,
-        "public-batch-size": 8, "embed-dim": 16, "num-partners": 2, "local-steps": 2,
-        "batch-size": 8, "min-nodes": 3, "node-wait-timeout": 90.0, "round-timeout": 180.0,
-        "grid-poll-interval": 0.2, "output-dir": str(out), "allow-missing-users": True,
+    run_config = TINY_RUN | {
+        "num-server-rounds": 4, "node-wait-timeout": 90.0, "round-timeout": 180.0,
+        "output-dir": str(out),
     }  # fmt: skip
 
     def launch(name: str, *command: str) -> subprocess.Popen:
@@ -555,20 +582,11 @@ def test_supernode_killed_and_restarted_at_once_retries_rejoins_and_continues(cl
     cluster.certs_and_keys(users)
     cluster.start_superlink()
     cluster.register(users)
-    ports = dict(zip(users, _free_ports(3), strict=True))
-    for user in users:
-        cluster.start_node(user, ports[user], "--warm", "--fast-poll", "0.2")
-    for user in users:
-        for pattern in ("SuperNode ID", "preloaded"):
-            _wait_for(cluster.logs / f"node-{user}.log", pattern, 90, cluster.procs[f"node-{user}"])
-
+    ports = cluster.start_nodes(users, "--fast-poll", "0.2")
     out = cluster.root / "out"
-    run_config = {
-        "num-server-rounds": 12, "federation": TINY_FEDERATION, "public-size": 64,
-        "public-batch-size": 8, "embed-dim": 16, "num-partners": 2, "local-steps": 2,
-        "batch-size": 8, "min-nodes": 3, "quorum": 2, "node-wait-timeout": 90.0,
-        "round-timeout": 20.0, "grid-poll-interval": 0.2, "output-dir": str(out),
-        "allow-missing-users": True,
+    run_config = TINY_RUN | {
+        "num-server-rounds": 12, "node-wait-timeout": 90.0, "round-timeout": 20.0,
+        "output-dir": str(out),
     }  # fmt: skip
     log = (cluster.logs / "flwr-run.log").open("w")
     run = subprocess.Popen(
@@ -583,7 +601,7 @@ def test_supernode_killed_and_restarted_at_once_retries_rejoins_and_continues(cl
     cluster.procs["node-bert-text"].wait(timeout=10)
     first_log = cluster.logs / "node-bert-text.log"
     first_log.rename(cluster.logs / "node-bert-text-killed.log")
-    restarted = cluster.start_node("bert-text", ports["bert-text"], "--warm", "--fast-poll", "0.2")
+    restarted = cluster.start_node("bert-text", ports["bert-text"], "--fast-poll", "0.2")
     _wait_for(first_log, "SuperNode ID", 150, restarted)
     assert run.wait(timeout=400) == 0, (cluster.logs / "flwr-run.log").read_text()[-4000:]
 

@@ -274,3 +274,23 @@ def test_payloads_depend_on_the_users_not_on_the_node_ids_they_were_given():
     assert partners_by_user({u: 10 + u for u in users}) == partners_by_user(
         {u: 100 - 7 * u for u in users}  # other ids, in the reverse order
     )
+
+
+def test_resumed_payloads_name_partners_without_a_node_by_distinct_wire_ids():
+    from server_app.checkpoint import payloads_by_node
+
+    saved = {
+        user: {"partners": partners, "others": None, "log_alpha_pairs": None,
+               "aggregated": None, "log_alpha": None}
+        for user, partners in {"a": ["b", "c", "d"], "b": ["a", "c"], "gone": ["a"]}.items()
+    }  # fmt: skip
+    node_of = {"a": 2**64 - 5, "b": 2**63 + 7}  # Flower's node ids are random uint64
+    payloads, absent = payloads_by_node(saved, node_of)
+    assert set(payloads) == set(node_of.values())  # a user with no node gets nothing
+    ids = payloads[node_of["a"]].partner_ids
+    assert ids[0] == node_of["b"] and len(set(ids)) == 3 and min(ids) >= 0
+    assert {absent[i] for i in ids[1:]} == {"c", "d"}  # c and d have no node: placeholders
+    assert payloads[node_of["b"]].partner_ids[1] == ids[1]  # the same placeholder for c
+    # They go on the wire: a list mixing uint64 node ids and placeholders serialises.
+    meta = ConfigRecord({"partner-ids": list(ids)})
+    assert RecordDict({"m": meta}).object_id
