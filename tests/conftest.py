@@ -9,21 +9,13 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one torch thread per worker
+# pytest -n N --dist loadfile (the test command): one torch thread per worker; a file's tests
+# stay on one worker, so the `flwr run` simulations (each with a local Ray cluster) and the
+# loopback clusters run one at a time.
+if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With pytest-xdist (``--dist loadgroup``), real Flower processes run on one worker.
-
-    Simulations and clusters each start Flower (and Ray) processes with ports and homes of
-    their own; run one at a time, beside the in-process tests on the other workers.
-    """
-    for item in items:
-        if item.get_closest_marker("integration") or item.get_closest_marker("deploy"):
-            item.add_marker(pytest.mark.xdist_group("flower"))
 
 
 @pytest.fixture(autouse=True)
