@@ -174,6 +174,23 @@ class Cluster:
             home=node / "home",
         )  # fmt: skip
 
+    def launch(self, name: str, *command: str) -> subprocess.Popen:
+        """A command of the operator's (its own process group), logged to logs/NAME.log."""
+        log = (self.logs / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            command, env=_env(self.cli_home), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.procs[name] = proc
+        return proc
+
+    def flwr_run(self, name: str, run_config: dict[str, Any]) -> subprocess.Popen:
+        """``flwr run`` of this project against the cluster, streaming to logs/NAME.log."""
+        return self.launch(
+            name, str(VENV_BIN / "flwr"), "run", str(ROOT), "test", "--stream",
+            "--run-config", toml_overrides(run_config),
+        )  # fmt: skip
+
     def start_nodes(self, users: list[str], *flags: str) -> dict[str, int]:
         """One SuperNode per user, connected (and its warm worker preloaded); their ports."""
         ports = dict(zip(users, _free_ports(len(users)), strict=True))
@@ -462,18 +479,11 @@ def test_unregistered_supernode_is_refused_and_a_killed_one_is_left_out(cluster:
         "output-dir": str(out),
     }  # fmt: skip
     run_log = cluster.logs / "flwr-run.log"
-    with run_log.open("w") as log:
-        run = subprocess.Popen(
-            [str(VENV_BIN / "flwr"), "run", str(ROOT), "test", "--stream",
-             "--run-config", toml_overrides(run_config)],
-            env=_env(cluster.cli_home), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        cluster.procs["flwr-run"] = run
-        # Kill one SuperNode (its whole process group, no goodbye) once round 1 is done.
-        _wait_for(run_log, r"round 1/3", 200, run)
-        cluster.kill("node-bert-text", signal.SIGKILL)
-        assert run.wait(timeout=200) == 0, run_log.read_text()[-4000:]
+    run = cluster.flwr_run("flwr-run", run_config)
+    # Kill one SuperNode (its whole process group, no goodbye) once round 1 is done.
+    _wait_for(run_log, r"round 1/3", 200, run)
+    cluster.kill("node-bert-text", signal.SIGKILL)
+    assert run.wait(timeout=200) == 0, run_log.read_text()[-4000:]
 
     results = json.loads(sorted(out.glob("run-*/results.json"))[-1].read_text())
     rounds = results["rounds"]
@@ -528,19 +538,7 @@ def test_superlink_killed_and_restarted_run_resumes_where_it_stopped(cluster: Cl
         "output-dir": str(out),
     }  # fmt: skip
 
-    def launch(name: str, *command: str) -> subprocess.Popen:
-        log = (cluster.logs / f"{name}.log").open("w")
-        proc = subprocess.Popen(
-            command, env=_env(cluster.cli_home), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        cluster.procs[name] = proc
-        return proc
-
-    first = launch(
-        "flwr-run-1", str(VENV_BIN / "flwr"), "run", str(ROOT), "test", "--stream",
-        "--run-config", toml_overrides(run_config),
-    )  # fmt: skip
+    first = cluster.flwr_run("flwr-run-1", run_config)
     run_dir = _wait_rounds(out, 2, 300, first)
     # The SuperLink's host dies: the SuperLink and everything it started, no goodbye.
     cluster.kill("superlink", signal.SIGKILL)
@@ -549,7 +547,7 @@ def test_superlink_killed_and_restarted_run_resumes_where_it_stopped(cluster: Cl
 
     cluster.start_superlink()  # same database, same ports: the SuperNodes come back by themselves
     # The operator's one command: the run's own config, read from its results directory.
-    second = launch(
+    second = cluster.launch(
         "flwr-run-2", "bash", str(DEPLOY / "resume-run.sh"), "--connection", "test", str(run_dir)
     )
     assert second.wait(timeout=400) == 0, (cluster.logs / "flwr-run-2.log").read_text()[-4000:]
@@ -588,14 +586,7 @@ def test_supernode_killed_and_restarted_at_once_retries_rejoins_and_continues(cl
         "num-server-rounds": 12, "node-wait-timeout": 90.0, "round-timeout": 20.0,
         "output-dir": str(out),
     }  # fmt: skip
-    log = (cluster.logs / "flwr-run.log").open("w")
-    run = subprocess.Popen(
-        [str(VENV_BIN / "flwr"), "run", str(ROOT), "test", "--stream",
-         "--run-config", toml_overrides(run_config)],
-        env=_env(cluster.cli_home), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    cluster.procs["flwr-run"] = run
+    run = cluster.flwr_run("flwr-run", run_config)
     _wait_rounds(out, 2, 300, run)
     cluster.kill("node-bert-text", signal.SIGKILL)  # no goodbye: the SuperLink counts it online
     cluster.procs["node-bert-text"].wait(timeout=10)
