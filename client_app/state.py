@@ -28,12 +28,17 @@ import torch
 from fedmuscle_flwr.files import PRIVATE, atomic_write
 from fedmuscle_flwr.training import Trainer
 
-__all__ = ["StateStore", "default_state_root"]
+__all__ = ["StateStore", "default_state_root", "forget_trainers"]
 
 #: State files kept per user (older ones are deleted after each save).
 KEEP_ROUNDS = 3
 _ROUND_FILE = re.compile(r"round-(\d+)\.pt")
 _CACHE: dict[Path, tuple[Path, int, Trainer]] = {}  # directory -> (file, mtime_ns, trainer)
+
+
+def forget_trainers() -> None:
+    """Drop the trainers this process keeps, so the next round restores from disk."""
+    _CACHE.clear()
 
 
 def default_state_root() -> Path:

@@ -7,8 +7,9 @@ ClientApp handlers as ``flwr run`` does, one node per user of the federation.
 
     python -m server_app.inprocess --run-config 'algorithm="local" num-server-rounds=5'
 
-Each node keeps its node config; every message gets a fresh Context (as a deployment's new
-process per message would), so client state must come from disk. A ClientApp exception
+Each node keeps its node config; every message gets a fresh Context and, unless
+``keep_trainers``, the ClientApp's trainer cache is cleared first (as a deployment's new
+process per message would), so client state comes from disk. A ClientApp exception
 becomes an error reply with Flower's code for it, as the real runtimes do. This is the
 one module of the apps that imports both: it exists to drive them together.
 """
@@ -46,12 +47,14 @@ class InProcessGrid(Grid):
         *,
         run_id: int = 7,
         drop: Callable[[int, int], bool] | None = None,
+        keep_trainers: bool = False,
     ) -> None:
         self.client_app = client_app
         self.node_configs = dict(node_configs)
         self.run_config = run_config
         self.run_id = run_id
         self.drop = drop  # (node, round) -> True: the node does not answer
+        self.keep_trainers = keep_trainers  # True: one warm process (Ray actors, warm executor)
         self._replies: dict[str, Message] = {}
 
     def set_run(self, run: Any) -> None:  # pragma: no cover - not used
@@ -73,12 +76,16 @@ class InProcessGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Deliver each message to the ClientApp now; keep its reply for the pull."""
+        from client_app.state import forget_trainers
+
         ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             node = msg.metadata.dst_node_id
             if self.drop is not None and self.drop(node, int(msg.metadata.group_id)):
                 continue
+            if not self.keep_trainers:
+                forget_trainers()  # a new process: the trainer is restored from disk
             context = Context(
                 self.run_id, node, self.node_configs[node], RecordDict(), self.run_config
             )
@@ -103,13 +110,19 @@ class InProcessGrid(Grid):
 
 
 def run_inprocess(
-    run_config: Mapping[str, Any], *, run_id: int = 1, attack: tuple[str, str] | None = None
+    run_config: Mapping[str, Any],
+    *,
+    run_id: int = 1,
+    attack: tuple[str, str] | None = None,
+    keep_trainers: bool = False,
 ) -> Path:
     """Run the ServerApp over an in-process grid, one node per user; return results.json.
 
     ``run_config`` holds run-config keys (kebab-case) over the defaults. Client state goes
     to ``state-dir`` when given, else to a temporary directory removed afterwards.
     ``attack`` = (user id, kind): that user sends a lying Z (:mod:`client_app.attacks`).
+    ``keep_trainers``: reuse each user's trainer between rounds instead of restoring it
+    from disk (faster, the same results).
     """
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -134,7 +147,7 @@ def run_inprocess(
     with tempfile.TemporaryDirectory(prefix="fedmuscle-state-") as scratch:
         if not config["state-dir"]:
             config["state-dir"] = scratch
-        grid = InProcessGrid(app, nodes, config, run_id=run_id)
+        grid = InProcessGrid(app, nodes, config, run_id=run_id, keep_trainers=keep_trainers)
         with contextlib.suppress(RunFailed):  # results.json says so, as after a Flower run
             server_main(grid, Context(run_id, 0, {}, RecordDict(), config))
     return Path(config["output-dir"]).expanduser() / f"run-{run_id}" / "results.json"
@@ -147,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--attack", default="", metavar="USER:KIND", help="a lying user")
+    parser.add_argument(
+        "--keep-trainers", action="store_true",
+        help="reuse each user's trainer between rounds (no restore from disk; same results)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     attack = None
     if args.attack:
@@ -157,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    path = run_inprocess(overrides, run_id=args.run_id, attack=attack)
+    path = run_inprocess(
+        overrides, run_id=args.run_id, attack=attack, keep_trainers=args.keep_trainers
+    )
     status = json.loads(path.read_text()).get("status")
     print(f"results: {path} ({status})", flush=True)
     return 0 if status == "complete" else 1

@@ -32,17 +32,19 @@ def run(
     drop=None,
     fails: type[Exception] | None = None,
     app=client_app,
+    keep_trainers: bool = False,
     **overrides,
 ) -> RunResults:
     """Run the ServerApp over an in-process grid; return what it wrote.
 
     ``fails``: the error the ServerApp must stop with (a failed run exits non-zero).
+    ``keep_trainers``: the grid keeps each user's trainer (else each round restores it).
     """
     run_config = tiny_run_config(tmp_path, **overrides)
     if nodes is None:
         users = load_federation(run_config["federation"]).users
         nodes = {100 + i: {"partition-id": i} for i in range(len(users))}
-    grid = InProcessGrid(app, nodes, run_config, drop=drop)
+    grid = InProcessGrid(app, nodes, run_config, drop=drop, keep_trainers=keep_trainers)
     context = Context(7, 0, {}, RecordDict(), run_config)
     if fails is None:
         server_main(grid, context)
@@ -162,6 +164,30 @@ def _learning_metrics(results: RunResults) -> list[dict]:
         | {"partners": r.partners}
         for r in results.rounds
     ]
+
+
+def test_later_rounds_restore_each_user_from_disk_with_the_kept_trainers_results(
+    tmp_path, monkeypatch
+):
+    """A process per message: round 2 restores each user's state saved after round 1."""
+    from fedmuscle_flwr.training import Trainer
+
+    restored: list[Trainer] = []
+    load = Trainer.load_state_dict
+
+    def counted(self: Trainer, state: dict) -> None:
+        restored.append(self)
+        load(self, state)
+
+    monkeypatch.setattr(Trainer, "load_state_dict", counted)
+    fresh = run(tmp_path / "fresh")
+    assert_everyone_replied_every_round(fresh)
+    assert len(restored) == len(fresh.users)  # once per user, in round 2
+    assert len({id(t) for t in restored}) == len(restored)
+    restored.clear()
+    kept = run(tmp_path / "kept", keep_trainers=True)
+    assert restored == []  # a warm process reuses the trainers it built
+    assert _learning_metrics(kept) == _learning_metrics(fresh)
 
 
 def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(tmp_path, monkeypatch):
