@@ -108,11 +108,13 @@ def _train(msg: Message, context: Context, config: RunConfig, profile: UserProfi
     trainer = store.open(
         instruction.round_id, lambda: build_trainer(config, profile, config.federation)
     )
+    setup_seconds = time.perf_counter() - start  # data, model, restored state
     with trainer.random_state():
         metrics, representation = _round_work(trainer, instruction, config)
     trainer.rounds_done += 1
     store.save(trainer, instruction.round_id)
     metrics["client-seconds"] = time.perf_counter() - start
+    metrics["setup-seconds"] = setup_seconds
     metrics["rounds-trained"] = float(trainer.rounds_done)  # a user that restarted says 1
     user = {
         "user-id": profile.id,

@@ -160,7 +160,10 @@ def test_fewer_simulated_nodes_than_users_is_refused_unless_allowed(tmp_path, al
 
 def _learning_metrics(results: RunResults) -> list[dict]:
     return [
-        {u: {k: v for k, v in m.items() if k != "client-seconds"} for u, m in r.metrics.items()}
+        {
+            u: {k: v for k, v in m.items() if not k.endswith("-seconds")}
+            for u, m in r.metrics.items()
+        }
         | {"partners": r.partners}
         for r in results.rounds
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,28 @@ def test_a_registered_source_serves_a_run_config() -> None:
         assert data.public.features["text"] == Value("string")
     finally:
         SOURCES.remove("constant")
+
+
+def test_users_of_one_task_in_one_process_share_one_build_of_its_set() -> None:
+    """A Ray worker serving many users builds a task's private set (and the public set)
+    once; another federation's data settings, or another source, build their own."""
+    calls: list[str] = []
+
+    class Counting(_Constant):
+        def private(self, federation, task):  # type: ignore[no-untyped-def]
+            calls.append(task)
+            return super().private(federation, task)
+
+    register_data_source("counting")(Counting)
+    try:
+        federation = load_federation("default")
+        first, second = (federation.user(u) for u in ("cnn-cls", "vit-cls"))
+        a = load_user_data(first, federation, source="counting", public_size=4)
+        b = load_user_data(second, federation, source="counting", public_size=4)
+        assert calls == ["image-classification"]
+        assert len(a.train) + len(a.test) + len(b.train) + len(b.test) == 30  # both shares
+        other = replace(federation, data=replace(federation.data, test_fraction=0.5))
+        load_user_data(first, other, source="counting", public_size=4)
+        assert calls == ["image-classification"] * 2
+    finally:
+        SOURCES.remove("counting")

@@ -4,10 +4,15 @@ Each task's private set is split among the users of that task (IID or Dirichlet 
 with flwr-datasets partitioners), and each share into train and held-out test. The source
 is one run-config value, ``dataset``: a registered data source
 (:mod:`fedmuscle_flwr.data.sources`: ``world``, ``real``, ``hub``, or a plug-in).
+
+A process that serves many users (a Ray worker of a simulation) builds each task's private
+set and the public set once: :func:`shared_sets` keeps the last few in memory, so a user's
+data costs its partition and split only (and the partitioner's memo then hits as well).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from datasets import Dataset
@@ -16,7 +21,10 @@ from fedmuscle_flwr.data.partition import user_split
 from fedmuscle_flwr.data.sources import get_data_source
 from fedmuscle_flwr.federation import Federation, UserProfile
 
-__all__ = ["UserData", "load_user_data"]
+__all__ = ["UserData", "load_user_data", "shared_sets"]
+
+_SHARED: OrderedDict[tuple, Dataset] = OrderedDict()
+_SHARED_SIZE = 8  # task private sets and public sets kept per process
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ def load_user_data(
     data_source = get_data_source(source)
     peers = federation.peers(profile)
     split = user_split(
-        data_source.private(federation, profile.task),
+        shared_sets(source, federation, profile.task),
         num_partitions=len(peers),
         partition_id=peers.index(profile),
         scheme=profile.partition,
@@ -61,7 +69,7 @@ def load_user_data(
         test_fraction=federation.data.test_fraction,
     )
     try:
-        public_set = data_source.public(federation, public_size)
+        public_set = shared_sets(source, federation, "public", public_size)
     except IndexError as err:
         raise ValueError(
             f"public-size={public_size} is larger than the {source!r} public set"
@@ -93,3 +101,25 @@ def load_user_data(
         num_classes=data_source.num_classes(federation, profile.task),
         image_size=federation.data.image_size,
     )
+
+
+def shared_sets(source: str, federation: Federation, role: str, public_size: int = 0) -> Dataset:
+    """The private set of task ``role``, or the public set (``role="public"``), memoised.
+
+    Keyed by the source's class, the federation file and its ``[data]`` settings, so every user of
+    a task in this process shares one in-memory set (sources are deterministic; a set is
+    never changed in place, users take their shares by selection).
+    """
+    data_source = get_data_source(source)
+    key = (type(data_source), federation.source, federation.data, role, public_size)
+    if key in _SHARED:
+        _SHARED.move_to_end(key)
+        return _SHARED[key]
+    if role == "public":
+        dataset = data_source.public(federation, public_size)
+    else:
+        dataset = data_source.private(federation, role)
+    _SHARED[key] = dataset
+    if len(_SHARED) > _SHARED_SIZE:
+        _SHARED.popitem(last=False)
+    return dataset
