@@ -90,6 +90,41 @@ def test_two_rounds_over_all_four_task_types(tmp_path):
     assert len({p.parts[0] for p in saved}) == 1
 
 
+def test_two_rounds_on_the_real_data_sets_over_all_four_task_types(tmp_path, monkeypatch):
+    """``dataset = "real"`` end to end: Fashion-MNIST, emoji and WordNet, public emoji."""
+    import fedmuscle_flwr.data.real as real
+    from fedmuscle_flwr.data.real.debian import (
+        EMOJI_FONT,
+        EMOJI_TEST,
+        FASHION_MNIST_DIR,
+        WORDNET_DIR,
+        MissingDebianPackageError,
+        apt_command,
+        debian_file,
+    )
+
+    for spec in (EMOJI_FONT, EMOJI_TEST, FASHION_MNIST_DIR, WORDNET_DIR):
+        try:
+            debian_file(spec)
+        except MissingDebianPackageError:
+            pytest.skip(f"Debian package {spec.package} absent; run: {apt_command(spec.package)}")
+    asked: list[str] = []
+    load_private = real.load_real_private
+
+    def spied(task: str, *args, **kwargs):
+        asked.append(task)
+        return load_private(task, *args, **kwargs)
+
+    monkeypatch.setattr(real, "load_real_private", spied)
+    results = run(tmp_path, dataset="real", **{"local-steps": 1})
+    assert_everyone_replied_every_round(results)
+    assert set(asked) == TASKS  # every user's private set came from the real source
+    assert all(results.rounds[0].uplink_bytes[u] > 0 for u in results.users)  # Z of emoji
+    assert all("contrastive-loss" in m for m in results.rounds[1].metrics.values())
+    for user_id, info in results.users.items():
+        assert 0.0 <= results.final[user_id][info.metric] <= 1.0
+
+
 def test_local_exchanges_no_representations(tmp_path):
     results = run(tmp_path, algorithm="local")
     assert_everyone_replied_every_round(results)
