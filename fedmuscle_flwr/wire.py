@@ -305,7 +305,7 @@ def instruction_from_records(content: RecordDict, *, public_size: int, dim: int)
     """Read and validate the round's instruction on the client."""
     meta = _config(content, "instruction", None)
     round_id = meta.get("round")
-    if not isinstance(round_id, int) or round_id < 1:
+    if not isinstance(round_id, int) or isinstance(round_id, bool) or round_id < 1:
         raise WireError(f"round must be a positive integer, got {round_id!r}", field="instruction")
     contrast = check_indices(meta.get("contrast-indices"), "contrast-indices", public_size)
     following = check_indices(meta.get("next-indices"), "next-indices", public_size)

@@ -77,7 +77,9 @@ def check_indices(values: object, key: str, public_size: int) -> tuple[int, ...]
     if (
         not isinstance(values, list)
         or len(values) < 2
-        or not all(isinstance(v, int) and 0 <= v < public_size for v in values)
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < public_size for v in values
+        )
     ):
         raise WireError(
             f"{key} must list at least 2 indices in [0, {public_size}), got {values!r}",

@@ -58,10 +58,16 @@ def representation(node: int, server_round: int, rows: int) -> torch.Tensor:
 
 
 def reply(
-    msg: Message, *, z: torch.Tensor | None = None, round_shift: int = 1, user: int | None = None
+    msg: Message,
+    *,
+    z: torch.Tensor | None = None,
+    round_shift: int = 1,
+    user: int | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> Message:
     """What a well-behaved client answers; ``z`` overrides its representation, ``user`` the
-    user it serves (default: ``user-<node id>``), whose representation it sends."""
+    user it serves (default: ``user-<node id>``), whose representation it sends, ``metrics``
+    the metrics it reports."""
     instruction = wire.instruction_from_records(msg.content, public_size=50, dim=DIM)
     node = msg.metadata.dst_node_id if user is None else user
     records = None
@@ -77,7 +83,7 @@ def reply(
             digest=wire.batch_digest(instruction.next_indices),
         )
     content = wire.reply_to_records(
-        metrics={"accuracy": 0.5 + node / 100, "train-loss": 1.0},
+        metrics={"accuracy": 0.5 + node / 100, "train-loss": 1.0} if metrics is None else metrics,
         user={
             "user-id": f"user-{node}",
             "model": "small-cnn",
@@ -137,7 +143,7 @@ def test_one_exchange_per_round_carries_payload_and_next_batch():
 
 def test_bad_replies_leave_only_their_sender_out():
     strategy = FedMuscleStrategy(config(num_partners=3), device="cpu")
-    grid = FakeGrid([1, 2, 3, 4, 5, 6])
+    grid = FakeGrid([1, 2, 3, 4, 5, 6, 7])
     sent = send(strategy, 1, grid)
     nan_z = representation(3, 1, 4).masked_fill(torch.eye(4, DIM, dtype=torch.bool), float("nan"))
     replies = [
@@ -151,6 +157,7 @@ def test_bad_replies_leave_only_their_sender_out():
         reply(sent[5]),
         reply(sent[5]),  # duplicate
         # node 6 never answers
+        reply(sent[7], metrics={"accuracy": float("inf"), "train-loss": 1.0}),
     ]
     strategy.aggregate_train(1, replies)
     record = strategy.results.rounds[0]
@@ -159,6 +166,7 @@ def test_bad_replies_leave_only_their_sender_out():
     assert "NaN" in record.failed["user-3"]
     assert "stale round" in record.failed["user-4"]
     assert record.failed["node-6"] == "no reply before the timeout"
+    assert "accuracy = inf is not a finite number" in record.failed["user-7"]
     nxt = send(strategy, 2, grid)
     with_payload = {n for n, m in nxt.items() if wire.has_payload(m.content)}
     assert with_payload == {1, 5}

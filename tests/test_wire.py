@@ -17,9 +17,13 @@ from fedmuscle_flwr.wire import (
     WireError,
     batch_digest,
     has_payload,
+    instruction_from_records,
+    instruction_to_records,
     payload_from_records,
     payload_to_records,
     record_nbytes,
+    reply_metrics,
+    reply_to_records,
     representation_from_records,
     representation_to_records,
 )
@@ -198,6 +202,102 @@ def test_bad_payloads_are_refused():
         payload_from_records(bad, round_id=5, rows=B, dim=D)
     with pytest.raises(WireError, match="over the limit"):
         payload_from_records(content, round_id=5, rows=B, dim=D, max_bytes=64)
+
+
+def instruction(**fields) -> RecordDict:
+    """An instruction record whose fields are ``fields`` over a valid round-5 one."""
+    content = instruction_to_records(
+        round_id=5, contrast_indices=range(B), next_indices=[7, 8], experiment="x"
+    )
+    for key, value in fields.items():
+        if value is None:
+            del content["instruction"][key]
+        else:
+            content["instruction"][key] = value
+    return content
+
+
+def test_instruction_round_trip_with_payload():
+    payload = next(iter(payloads().values()))
+    content = instruction_to_records(
+        round_id=5,
+        contrast_indices=range(B),
+        next_indices=[7, 8, 9],
+        payload=payload_to_records(payload, round_id=5),
+        experiment="exp-1",
+    )
+    got = instruction_from_records(content, public_size=10, dim=D)
+    assert (got.round_id, got.contrast_indices, got.next_indices) == (5, tuple(range(B)), (7, 8, 9))
+    assert got.experiment == "exp-1" and got.payload.partner_ids == payload.partner_ids
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"round": 0}, "round must be a positive integer, got 0"),
+        ({"round": -2}, "round must be a positive integer, got -2"),
+        ({"round": "5"}, "round must be a positive integer, got '5'"),
+        ({"round": 5.0}, "round must be a positive integer, got 5.0"),
+        ({"round": True}, "round must be a positive integer, got True"),
+        ({"round": None}, "round must be a positive integer, got None"),
+        ({"next-indices": [7, 10]}, r"next-indices must list at least 2 indices in \[0, 10\)"),
+        ({"next-indices": [-1, 3]}, r"next-indices must list at least 2 indices in \[0, 10\)"),
+        ({"next-indices": [3]}, r"next-indices must list at least 2 .*got \[3\]"),
+        ({"next-indices": [1.0, 2.0]}, r"next-indices must list .*got \[1.0, 2.0\]"),
+        ({"next-indices": [True, False]}, r"next-indices must list .*got \[True, False\]"),
+        ({"contrast-indices": [0, 99]}, r"contrast-indices must list .*got \[0, 99\]"),
+        ({"contrast-indices": [4]}, r"contrast-indices must list .*got \[4\]"),
+        ({"experiment": 3}, "experiment must be a string, got 3"),
+    ],
+)
+def test_bad_instructions_are_refused_by_the_client(fields, match):
+    with pytest.raises(WireError, match=match) as info:
+        instruction_from_records(instruction(**fields), public_size=10, dim=D)
+    assert info.value.field == "instruction"
+
+
+def test_a_payload_without_contrast_indices_or_of_another_size_is_refused():
+    payload = next(iter(payloads().values()))
+    bare = instruction_to_records(
+        round_id=5,
+        contrast_indices=None,
+        next_indices=None,
+        payload=payload_to_records(payload, round_id=5),
+    )
+    with pytest.raises(WireError, match="a payload came without contrast-indices"):
+        instruction_from_records(bare, public_size=10, dim=D)
+    fewer = instruction_to_records(
+        round_id=5,
+        contrast_indices=range(B - 1),
+        next_indices=None,
+        payload=payload_to_records(payload, round_id=5),
+    )
+    with pytest.raises(WireError, match=r"shape \(2, 6, 8\), expected \(2, 5, 8\)"):
+        instruction_from_records(fewer, public_size=10, dim=D)
+    stale = instruction_to_records(
+        round_id=6,
+        contrast_indices=range(B),
+        next_indices=None,
+        payload=payload_to_records(payload, round_id=5),
+    )
+    with pytest.raises(WireError, match="stale round 5, expected 6"):
+        instruction_from_records(stale, public_size=10, dim=D)
+    with pytest.raises(WireError, match="invalid instruction: missing"):
+        instruction_from_records(RecordDict(), public_size=10, dim=D)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_metrics_are_refused_naming_metric_and_sender(bad):
+    user = {"user-id": "u", "model": "m", "task": "t", "metric": "accuracy"}
+    content = reply_to_records(metrics={"accuracy": 0.5, "train-loss": bad}, user=user)
+    with pytest.raises(WireError, match=f"train-loss = {bad!r} is not a finite number") as info:
+        reply_metrics(content, sender=9)
+    assert info.value.sender == 9 and info.value.field == "metrics"
+    good = reply_to_records(metrics={"accuracy": 0.5, "train-loss": 1.0}, user=user)
+    assert reply_metrics(good, sender=9) == {"accuracy": 0.5, "train-loss": 1.0}
+    del good["metrics"]
+    with pytest.raises(WireError, match="invalid metrics from node 9: missing"):
+        reply_metrics(good, sender=9)
 
 
 def test_wire_error_is_a_value_error_naming_field_and_sender():
