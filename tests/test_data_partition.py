@@ -88,11 +88,17 @@ def test_same_seed_same_share_and_other_seed_differs(world_set: Dataset) -> None
 
 @pytest.mark.parametrize("task", TASKS)
 def test_every_task_set_partitions_by_label(task: str, tmp_path: Path) -> None:
+    """Dirichlet shares of each task's set cover it once and skew its labels; IID's do not."""
     ds = private_dataset(WorldConfig(), task, size=200, cache_dir=tmp_path)
-    share = partition(ds, num_partitions=3, partition_id=0, scheme="dirichlet", alpha=0.5)
-    assert share.column_names == ds.column_names
-    assert share.format["type"] == "numpy"
-    assert 0 < len(share) < len(ds)
+    num_classes = int(np.max(ds["label"])) + 1
+    skewed = shares(ds, 3, scheme="dirichlet", alpha=0.1)
+    assert sorted(np.concatenate([p["index"] for p in skewed]).tolist()) == sorted(
+        np.asarray(ds["index"]).tolist()
+    )
+    assert all(p.column_names == ds.column_names for p in skewed)
+    assert all(p.format["type"] == "numpy" for p in skewed)
+    iid = label_tv(shares(ds, 3, scheme="iid"), num_classes)
+    assert label_tv(skewed, num_classes) > max(0.3, 3 * iid)
 
 
 def test_user_split_is_disjoint_seeded_and_sized(world_set: Dataset) -> None:

@@ -1,4 +1,4 @@
-"""A user's local work: contrastive steps learn, every algorithm runs, AMP runs."""
+"""A user's local work: contrastive steps learn, every algorithm runs, AMP autocasts."""
 
 from __future__ import annotations
 
@@ -56,13 +56,39 @@ def test_dense_payload_gives_the_same_objective_as_factored():
         contrastive_objective("local", factored, tau=0.1, tau_alpha=0.5)
 
 
-def test_amp_and_zero_contrastive_weight():
+@pytest.mark.parametrize("amp", [False, True])
+def test_amp_runs_every_forward_pass_under_bfloat16_autocast(amp):
+    profile = load_federation(TINY_FEDERATION).users[2]  # SegFormer
+    trainer = build_trainer(dataclasses.replace(CONFIG, amp=amp), profile, TINY_FEDERATION)
+    device = trainer.device.type
+    seen: dict[str, set[tuple[bool, torch.dtype | None]]] = {}
+    for name in ("task_loss", "forward_task", "encode_public"):
+        original = getattr(trainer.model, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            on = torch.is_autocast_enabled(device)
+            seen.setdefault(_name, set()).add(
+                (on, torch.get_autocast_dtype(device) if on else None)
+            )
+            return _original(*args, **kwargs)
+
+        setattr(trainer.model, name, spy)
+    assert math.isfinite(trainer.supervised_update())
+    assert 0.0 <= trainer.evaluate()["miou"] <= 1.0
+    assert math.isfinite(
+        trainer.contrastive_update(INDICES, partners_payload())["contrastive-loss"]
+    )
+    z = trainer.represent(INDICES)
+    expected = {(True, torch.bfloat16)} if amp else {(False, None)}
+    assert seen == dict.fromkeys(("task_loss", "forward_task", "encode_public"), expected)
+    assert z.dtype == torch.float32 and torch.allclose(z.norm(dim=-1), torch.ones(len(INDICES)))
+
+
+def test_zero_contrastive_weight_leaves_the_model_as_it_was():
     profile = load_federation(TINY_FEDERATION).users[2]  # SegFormer
     trainer = build_trainer(
         dataclasses.replace(CONFIG, amp=True, contrastive_weight=0.0), profile, TINY_FEDERATION
     )
-    assert math.isfinite(trainer.supervised_update())
-    assert 0.0 <= trainer.evaluate()["miou"] <= 1.0
     before = trainer.represent(INDICES)
     assert trainer.contrastive_update(INDICES, partners_payload()) == {"lambda": 0.0}
     assert torch.equal(trainer.represent(INDICES), before)

@@ -258,8 +258,10 @@ class Trainer:
         with self._public_norm(), hooks:
             for _ in range(self.settings.contrastive_steps):
                 with self._autocast():
-                    z = self.model.encode_public(batch)
-                loss = weight * objective(z.float())
+                    z = self.model.encode_public(batch).float()
+                if self.settings.amp:  # bfloat16 rows are unit only to about 4e-3
+                    z = torch.nn.functional.normalize(z, dim=-1)
+                loss = weight * objective(z)
                 self._step(loss, optimizer)
                 losses.append(float(loss.detach()))
         return sum(losses) / len(losses)
