@@ -45,6 +45,8 @@ from server_app.logs import server_logger
 __all__ = ["FedMuscleStrategy"]
 
 logger = server_logger()
+#: Seconds between two looks for more nodes while fewer than ``min-nodes`` are connected.
+NODE_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -298,8 +300,8 @@ class FedMuscleStrategy(Strategy):
         """Wait (bounded) for ``min-nodes`` nodes, then sample ``fraction-train`` of them."""
         deadline = time.monotonic() + self.config.node_wait_timeout
         nodes = sorted(grid.get_node_ids())
-        while len(nodes) < self.config.min_nodes and time.monotonic() < deadline:
-            time.sleep(1.0)
+        while len(nodes) < self.config.min_nodes and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(NODE_POLL_SECONDS, left))
             nodes = sorted(grid.get_node_ids())
         if len(nodes) < self.config.min_nodes:
             logger.warning(

@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from fedmuscle_flwr import wire
 from fedmuscle_flwr.aggregation import build_payloads
 from fedmuscle_flwr.config import RunConfig
+from server_app import strategy as strategy_module
 from server_app.strategy import FedMuscleStrategy
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -214,7 +215,7 @@ def test_pairwise_sends_partners_without_alpha_and_dense_sends_dense():
         )
 
 
-def test_public_batches_are_seeded_and_node_wait_is_bounded():
+def test_public_batches_are_seeded():
     a = FedMuscleStrategy(config(seed=7), device="cpu")
     b = FedMuscleStrategy(config(seed=7), device="cpu")
     c = FedMuscleStrategy(config(seed=8), device="cpu")
@@ -222,14 +223,72 @@ def test_public_batches_are_seeded_and_node_wait_is_bounded():
     assert draws == [b._draw_public_batch() for _ in range(2)]
     assert draws[0] != draws[1]
     assert draws[0] != c._draw_public_batch()
-    lonely = send(FedMuscleStrategy(config(min_nodes=2), device="cpu"), 1, FakeGrid([9]))
-    assert list(lonely) == [9]
 
 
-def test_fraction_train_samples_a_seeded_subset():
-    strategy = FedMuscleStrategy(config(fraction_train=0.5, min_nodes=2), device="cpu")
-    picked = send(strategy, 1, FakeGrid(range(1, 9)))
-    assert len(picked) == 4
+class FakeClock:
+    """The strategy's ``time``: a monotonic clock that only its sleeps move."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class LateGrid(FakeGrid):
+    """Node ids that connect over time: each look sees the next list, then the last."""
+
+    def __init__(self, looks: list[list[int]]) -> None:
+        super().__init__(looks[-1])
+        self.looks = list(looks)
+
+    def get_node_ids(self):
+        return list(self.looks.pop(0) if len(self.looks) > 1 else self.looks[0])
+
+
+def test_node_wait_sleeps_no_longer_than_its_timeout(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(strategy_module, "time", clock)
+    strategy = FedMuscleStrategy(config(min_nodes=2, node_wait_timeout=0.1), device="cpu")
+    lonely = send(strategy, 1, FakeGrid([9]))
+    assert list(lonely) == [9]  # it goes on with the nodes it has
+    assert clock.now == pytest.approx(0.1) and clock.sleeps == [pytest.approx(0.1)]
+
+
+def test_node_wait_ends_once_min_nodes_have_connected(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(strategy_module, "time", clock)
+    strategy = FedMuscleStrategy(config(min_nodes=3, node_wait_timeout=600), device="cpu")
+    sent = send(strategy, 1, LateGrid([[4], [4, 5], [4, 5, 6], [4, 5, 6, 7]]))
+    assert sorted(sent) == [4, 5, 6]
+    assert clock.sleeps == [strategy_module.NODE_POLL_SECONDS] * 2
+
+
+def test_fraction_train_samples_a_seeded_subset_each_round():
+    def subsets(seed: int) -> list[list[int]]:
+        strategy = FedMuscleStrategy(
+            config(fraction_train=0.5, min_nodes=2, seed=seed), device="cpu"
+        )
+        grid, picked = FakeGrid(range(1, 9)), []
+        for rnd in (1, 2, 3):
+            sent = send(strategy, rnd, grid)
+            strategy.aggregate_train(rnd, [reply(m) for m in sent.values()])
+            picked.append(sorted(sent))
+        return picked
+
+    picked = subsets(seed=0)
+    assert all(len(p) == 4 and set(p) < set(range(1, 9)) for p in picked)
+    assert len({tuple(p) for p in picked}) > 1  # drawn again each round
+    assert subsets(seed=0) == picked
+    assert subsets(seed=1) != picked
 
 
 def test_progress_line_reports_replies_metrics_and_bytes(capsys, monkeypatch):
@@ -255,8 +314,9 @@ def test_unknown_user_record_is_refused():
     bad = reply(sent[1])
     bad.content["user"] = ConfigRecord({"user-id": ""})
     strategy.aggregate_train(1, [bad, reply(sent[2])])
-    assert "user" in strategy.results.rounds[0].failed["node-1"]
-    assert isinstance(RecordDict(), RecordDict)
+    record = strategy.results.rounds[0]
+    assert "invalid user from node 1" in record.failed["node-1"]
+    assert record.replied == ["user-2"] and "node-1" not in record.metrics
 
 
 def test_payloads_depend_on_the_users_not_on_the_node_ids_they_were_given():
