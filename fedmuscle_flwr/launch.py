@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
+import re
 import shutil
 import signal
 import socket
@@ -41,19 +41,33 @@ class LaunchError(RuntimeError):
 
 
 def parse_toml_overrides(text: str) -> dict[str, Any]:
-    """``'a=1 b="x"'`` -> ``{"a": 1, "b": "x"}``: run-config overrides as the CLIs take them.
+    """``'a=1 b="x y"'`` -> ``{"a": 1, "b": "x y"}``: run-config overrides as the CLIs take them.
+
+    Whitespace separates overrides except inside a TOML value: each override is the
+    shortest run of whitespace-separated pieces that reads as TOML ``key=value``, so quoted
+    strings keep their spaces and quotes decide the type (``s="1"`` is a string), as in
+    ``flwr run --run-config``.
 
     Raises
     ------
     ValueError
-        Naming the piece that is not a TOML ``key=value``.
+        Naming the override that is not a TOML ``key=value``.
     """
     values: dict[str, Any] = {}
-    for token in shlex.split(text, posix=False):
+    start: int | None = None
+    error: tomllib.TOMLDecodeError | None = None
+    for piece in re.finditer(r"\S+", text):
+        start = piece.start() if start is None else start
         try:
-            values |= tomllib.loads(token)
+            values |= tomllib.loads(text[start : piece.end()])
         except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"cannot read override {token!r} as TOML key=value ({err})") from err
+            error = err  # a value with spaces: read on
+            continue
+        start = None
+    if start is not None:
+        raise ValueError(
+            f"cannot read override {text[start:].strip()!r} as TOML key=value ({error})"
+        )
     return values
 
 
