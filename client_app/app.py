@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import Context, Message, RecordDict
@@ -54,9 +55,13 @@ def build_trainer(config: RunConfig, profile: UserProfile, federation_name: str)
            **dict(profile.model_config)},
     )  # fmt: skip
     settings = TrainSettings.for_user(config, profile)
-    return Trainer(
+    trainer = Trainer(
         model, data, settings, device=resolve_device(config.device), seed=user_seed(config, profile)
     )
+    if config.fallback == "local" and config.collaborative:  # the user's local baseline
+        alone = replace(config, algorithm="local", fallback="off")
+        trainer.fallback = build_trainer(alone, profile, federation_name)
+    return trainer
 
 
 @app.train()

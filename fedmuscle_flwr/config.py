@@ -17,6 +17,7 @@ from fedmuscle_flwr.algorithms import get_algorithm, list_algorithms
 __all__ = [
     "COLLABORATION_KEYS",
     "CONTRASTIVE_ORDERS",
+    "FALLBACKS",
     "GATES",
     "PARTNER_SELECTIONS",
     "PAYLOAD_FORMS",
@@ -32,6 +33,7 @@ GATES = ("off", "validation", "paired")
 PARTNER_SELECTIONS = ("random", "relevance")
 OPTIMIZER_STATES = ("shared", "separate")
 SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
+FALLBACKS = ("off", "local")  # local: each user also trains alone and keeps the better model
 #: Keys that change nothing when ``algorithm = "local"`` (a local baseline ignores them).
 COLLABORATION_KEYS = frozenset(
     {
@@ -49,6 +51,7 @@ COLLABORATION_KEYS = frozenset(
         "gate",
         "gate-tolerance",
         "gate-max-scale",
+        "fallback",
         "partner-selection",
         "partner-exploration",
         "optimizer-state",
@@ -108,6 +111,7 @@ class RunConfig:
     gate: str = "paired"  # off | validation | paired: keep contrastive steps that help
     gate_tolerance: float = 0.0  # relative rise of validation loss the gate accepts
     gate_max_scale: float = 1.0  # the gate may grow a user's lambda up to this multiple
+    fallback: str = "off"  # off | local: a user also trains alone and reports the better model
     partner_selection: str = "relevance"  # random | relevance (linear CKA on the public batch)
     partner_exploration: float = 0.25  # relevance: chance that a partner slot is random
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
@@ -134,6 +138,7 @@ class RunConfig:
         _choice("gate", self.gate, GATES)
         _choice("partner_selection", self.partner_selection, PARTNER_SELECTIONS)
         _choice("screening", self.screening, SCREENING_MODES)
+        _choice("fallback", self.fallback, FALLBACKS)
         if not (self.dp_epsilon > 0 and not math.isnan(self.dp_epsilon)):
             raise ConfigError(f"dp-epsilon must be > 0 (inf: no noise), got {self.dp_epsilon!r}")
         if not 0 < self.dp_delta < 1:
@@ -163,6 +168,17 @@ class RunConfig:
                 f"gate={self.gate!r} needs a validation split: set validation-fraction > 0 "
                 "(e.g. 0.15)"
             )
+        if self.fallback == "local" and self.collaborative:
+            if self.validation_fraction == 0:
+                raise ConfigError(
+                    'fallback="local" chooses between two models on a validation split: set '
+                    "validation-fraction > 0 (e.g. 0.15)"
+                )
+            if self.dp:
+                raise ConfigError(
+                    'fallback="local" trains a second model on the private data, which DP-SGD '
+                    'would have to pay for twice: use fallback="off" with dp = true'
+                )
         for name in (
             "num_server_rounds",
             "num_partners",

@@ -19,7 +19,7 @@ from fedmuscle_flwr.aggregation import (
     select_partners,
     select_relevant_partners,
 )
-from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.config import ConfigError, RunConfig
 from fedmuscle_flwr.data.users import load_user_data
 from fedmuscle_flwr.federation import load_federation
 from fedmuscle_flwr.training import gate_decision
@@ -399,3 +399,46 @@ def test_a_user_whose_partners_are_noise_ends_no_worse_than_local(tmp_path, gate
         set(r.partners["honest"]) <= {"noise-0", "noise-1", "noise-2"} for r in results.rounds[1:]
     )
     assert gated >= local - 0.02, (gated, local)
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(tmp_path):
+    """fallback = "local": each user also trains alone, exactly as its local baseline run,
+    and each round reports the test metrics of whichever model is better on validation;
+    the joined model (and so everything partners see) is the run without the fallback."""
+    import json
+
+    from fedmuscle_flwr.results import RunResults
+    from server_app.inprocess import run_inprocess
+
+    federation = tmp_path / "cnns.toml"
+    users = [USER.format(id=f"cnn-{i}", model="small-cnn") for i in range(4)]
+    federation.write_text(NOISE_FEDERATION + "".join(users))
+    base = {
+        "federation": str(federation), "num-server-rounds": 4, "local-steps": 3,
+        "public-size": 64, "public-batch-size": 16, "embed-dim": 16, "num-partners": 2,
+        "batch-size": 16, "learning-rate": 3e-3, "validation-fraction": 0.2,
+        "contrastive-weight": 1.0, "gate": "off", "node-wait-timeout": 1.0,
+    }  # fmt: skip
+
+    def run(name: str, **overrides) -> RunResults:
+        config = base | overrides | {"output-dir": str(tmp_path / name)}
+        return RunResults.from_dict(json.loads(run_inprocess(config).read_text()))
+
+    local = run("local", algorithm="local")
+    joined = run("joined")
+    chosen = run("fallback", fallback="local")
+    picks = []
+    for r_local, r_joined, r_chosen in zip(local.rounds, joined.rounds, chosen.rounds, strict=True):
+        assert r_chosen.partners == r_joined.partners and not r_chosen.failed
+        for user, metrics in r_chosen.metrics.items():
+            alone = metrics["fallback-local"] == 1.0
+            picks.append(alone)
+            source = r_local if alone else r_joined
+            assert metrics["accuracy"] == source.metrics[user]["accuracy"], (user, r_chosen.round)
+            assert metrics["train-loss"] == r_joined.metrics[user]["train-loss"]
+    assert True in picks and False in picks  # both models were chosen somewhere
+    with pytest.raises(ConfigError, match="validation-fraction"):
+        RunConfig(fallback="local", validation_fraction=0.0, gate="off")
+    with pytest.raises(ConfigError, match="twice"):
+        RunConfig(fallback="local", dp=True)

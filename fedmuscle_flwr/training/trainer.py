@@ -102,6 +102,9 @@ class Trainer:
         }
         self.rounds_done = 0
         self.gate_scale = 1.0  # the validation gate's multiplier of lambda
+        # fallback = "local": the same user trained alone, step for step as its local
+        # baseline would be; evaluate() reports whichever model is better on validation.
+        self.fallback: Trainer | None = None
 
     # ------------------------------------------------------------------ round steps
 
@@ -149,8 +152,18 @@ class Trainer:
         contrastive update, from the same state and on the same minibatches; the user keeps
         whichever of the two ends with the lower validation loss (within ``gate-tolerance``
         in favour of the contrastive one), so a contrastive update is judged after the task
-        has had its steps on it, not before.
+        has had its steps on it, not before. With a :attr:`fallback` trainer, that one
+        then takes the round's steps alone.
         """
+        result = self._train_round(indices, payload, weight)
+        if self.fallback is not None:  # the user alone: its own random state, no payload
+            with self.fallback.random_state():
+                self.fallback.train_round(None, None)
+        return result
+
+    def _train_round(
+        self, indices: Sequence[int] | None, payload: UserPayload | None, weight: float | None
+    ) -> dict[str, float]:
         paired = self.settings.gate == "paired" and self.data.validation is not None
         if self.private is not None:  # refuse before any step that would pass the budget
             both = paired and payload is not None and indices is not None
@@ -282,9 +295,22 @@ class Trainer:
             count += len(rows)
         return total / count
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """The task's metrics on the held-out split."""
+        """The task's metrics on the held-out split, of the model the user keeps.
+
+        With a :attr:`fallback` (``fallback = "local"``, *beyond the paper*): of whichever of
+        the joined model and the model trained alone has the lower validation loss, with
+        ``fallback-local`` 1 when it is the one trained alone (the joined model still
+        trains on and represents the user to its partners).
+        """
+        if self.fallback is None:
+            return self._test_metrics()
+        alone = self.fallback.validation_loss() < self.validation_loss()
+        kept = self.fallback if alone else self
+        return kept._test_metrics() | {"fallback-local": float(alone)}
+
+    @torch.no_grad()
+    def _test_metrics(self) -> dict[str, float]:
         self.model.eval()
         metrics = self.model.task_type.metrics(self.model.num_classes).to(self.device)
         for start in range(0, len(self.data.test), EVAL_BATCH):
@@ -321,6 +347,7 @@ class Trainer:
             "rounds_done": self.rounds_done,
             "gate_scale": self.gate_scale,
             "privacy": None if self.private is None else self.private.state_dict(),
+            "fallback": None if self.fallback is None else self.fallback.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -336,6 +363,10 @@ class Trainer:
         self.gate_scale = float(state.get("gate_scale", 1.0))
         if self.private is not None and state.get("privacy"):
             self.private.load_state_dict(state["privacy"])
+        if self.fallback is not None:
+            if not state.get("fallback"):
+                raise ValueError("the saved state has no fallback model (saved with fallback off)")
+            self.fallback.load_state_dict(state["fallback"])
 
     # ------------------------------------------------------------------ helpers
 
