@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ __all__ = [
     "LaunchError",
     "exit_on_sigterm",
     "find_results",
+    "free_port",
     "parse_toml_overrides",
     "processes_using_home",
     "run_simulation",
@@ -122,11 +124,36 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
+_PORTS_GIVEN: set[int] = set()  # free_port's answers so far, in this process
+_PORTS_LOCK = threading.Lock()
+
+
+def _unbound_port() -> int:
+    """A port the kernel offers for 127.0.0.1, released again at once."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now and not given out before here.
+
+    The port is released before its user binds it, so the kernel may offer it again;
+    remembering the ports handed out keeps two picks of this process apart (two ports of
+    one launch, or launches side by side).
+
+    Raises
+    ------
+    OSError
+        When the kernel offers only ports given out already.
+    """
+    with _PORTS_LOCK:
+        for _ in range(100):
+            port = _unbound_port()
+            if port not in _PORTS_GIVEN:
+                _PORTS_GIVEN.add(port)
+                return port
+    raise OSError("no TCP port on 127.0.0.1 that this process has not given out already")
 
 
 def find_results(output_dir: Path) -> Path:

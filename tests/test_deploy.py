@@ -11,9 +11,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
-import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +22,29 @@ from typing import Any
 
 import pytest
 
-from fedmuscle_flwr.launch import processes_using_home, stop_processes, toml_overrides
+from fedmuscle_flwr.launch import free_port, processes_using_home, stop_processes, toml_overrides
+from server_app import fast_grid
 from server_app.fast_grid import PollingGrid, wrap_grid
+from tests.clock import FakeClock
 from tests.tiny import TINY_FEDERATION
 
 pytestmark = pytest.mark.deploy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-VENV_BIN = ROOT / ".venv" / "bin"
-HAVE_FLOWER = (VENV_BIN / "flower-superlink").exists()
+
+
+def flower_bin(executable: str, path: str) -> Path | None:
+    """The bin/ holding Flower's commands: ``executable``'s environment's, else on ``path``."""
+    found = shutil.which("flower-superlink", path=f"{Path(executable).parent}{os.pathsep}{path}")
+    return None if found is None else Path(found).parent
+
+
+#: Where the tests and the deploy scripts (FLWR_BIN_DIR) take Flower from: the running
+#: interpreter's environment (not resolved: a venv's python links outside it), else PATH.
+FLOWER_BIN = flower_bin(sys.executable, os.environ.get("PATH", ""))
+HAVE_FLOWER = FLOWER_BIN is not None
+BIN = FLOWER_BIN or Path(sys.executable).parent
 needs_flower = pytest.mark.skipif(not HAVE_FLOWER, reason="run scripts/setup.sh first")
 
 
@@ -40,7 +54,8 @@ def _env(home: Path) -> dict[str, str]:
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_BIN_DIR": str(BIN),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
 
 
@@ -57,15 +72,8 @@ def _script(name: str, *args: str, home: Path | None = None, **kw: Any):
 
 
 def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    """``n`` free ports, none of them given out before in this process."""
+    return [free_port() for _ in range(n)]
 
 
 def _wait_for(path: Path, pattern: str, timeout: float, proc: subprocess.Popen | None = None):
@@ -187,7 +195,7 @@ class Cluster:
     def flwr_run(self, name: str, run_config: dict[str, Any]) -> subprocess.Popen:
         """``flwr run`` of this project against the cluster, streaming to logs/NAME.log."""
         return self.launch(
-            name, str(VENV_BIN / "flwr"), "run", str(ROOT), "test", "--stream",
+            name, str(BIN / "flwr"), "run", str(ROOT), "test", "--stream",
             "--run-config", toml_overrides(run_config),
         )  # fmt: skip
 
@@ -339,9 +347,7 @@ def test_helpers_on_flower_internals_refuse_another_flower_version(script):
         f"sys.argv = [{script!r}, '0.5']; "
         f"runpy.run_path({str(DEPLOY / script)!r}, run_name='__main__')"
     )
-    done = subprocess.run(
-        [str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True, check=False
-    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode != 0
     assert "1.39" in done.stderr and "1.40.0" in done.stderr
 
@@ -353,7 +359,7 @@ def test_warm_worker_stops_on_sigterm_within_seconds_and_with_its_supernode(tmp_
     workers = []
     for extra in ([], ["--parent-pid", str(parent.pid)]):
         log = (tmp_path / f"worker{len(workers)}.log").open("w")
-        command = [str(VENV_BIN / "python"), str(DEPLOY / "warm_clientapp.py"), "--preload", ""]
+        command = [sys.executable, str(DEPLOY / "warm_clientapp.py"), "--preload", ""]
         command += ["--runtime-api-address", f"127.0.0.1:{port}", "--stop-grace", "5", *extra]
         env = _env(tmp_path / "home")
         workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
@@ -367,6 +373,20 @@ def test_warm_worker_stops_on_sigterm_within_seconds_and_with_its_supernode(tmp_
     assert workers[1].wait(timeout=15) == 0
     assert time.monotonic() - started < 15
     assert "SIGTERM: stopping" in (tmp_path / "worker0.log").read_text()
+
+
+def test_flower_is_taken_from_the_interpreters_environment_else_from_path(tmp_path):
+    venv, elsewhere = tmp_path / "venv" / "bin", tmp_path / "elsewhere"
+    for directory in (venv, elsewhere):
+        directory.mkdir(parents=True)
+        (directory / "flower-superlink").write_text("#!/bin/sh\n")
+        (directory / "flower-superlink").chmod(0o755)
+    (venv / "python").touch()
+    assert flower_bin(str(venv / "python"), str(elsewhere)) == venv
+    (venv / "flower-superlink").unlink()
+    assert flower_bin(str(venv / "python"), f"/nonexistent{os.pathsep}{elsewhere}") == elsewhere
+    assert flower_bin(str(venv / "python"), "/nonexistent") is None
+    assert _env(tmp_path)["FLWR_BIN_DIR"] == str(BIN)
 
 
 def test_keys_and_certificates_never_go_into_the_repo():
@@ -404,17 +424,27 @@ class _FakeGrid:
         return [1, 2]
 
 
-def test_polling_grid_polls_at_its_interval_and_honours_the_timeout():
+def test_polling_grid_polls_at_its_interval_and_honours_the_timeout(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(fast_grid, "time", clock)
     fake = _FakeGrid(ready_after=3)
     grid = PollingGrid(fake, 0.05)  # type: ignore[arg-type]
-    start = time.monotonic()
     replies = list(grid.send_and_receive([object(), object()], timeout=10))
     assert len(replies) == 2 and fake.pulls == 3
-    assert time.monotonic() - start < 1.0  # Flower's HttpGrid would sleep 2 x 3 s here
-    slow = PollingGrid(_FakeGrid(ready_after=10**9), 0.05)  # type: ignore[arg-type]
-    start = time.monotonic()
-    assert list(slow.send_and_receive([object()], timeout=0.3)) == []
-    assert 0.25 < time.monotonic() - start < 1.0
+    assert clock.sleeps == [0.05, 0.05]  # Flower's HttpGrid would sleep 2 x 3 s here
+    clock.sleeps.clear()
+    never = _FakeGrid(ready_after=10**9)
+    slow = PollingGrid(never, 0.05)  # type: ignore[arg-type]
+    start = clock.now
+    assert list(slow.send_and_receive([object()], timeout=0.32)) == []
+    assert clock.now - start == pytest.approx(0.32)  # up to the deadline, not past it
+    assert clock.sleeps[:6] == [0.05] * 6 and clock.sleeps[6] == pytest.approx(0.02)
+    assert never.pulls == 8  # one more pull at the deadline
+    clock.sleeps.clear()
+    untimed = _FakeGrid(ready_after=5)
+    patient = PollingGrid(untimed, 0.5)  # type: ignore[arg-type]
+    assert len(list(patient.send_and_receive([object()]))) == 1  # timeout None: all replies
+    assert untimed.pulls == 5 and clock.sleeps == [0.5] * 4
     assert wrap_grid(grid, 0.1) is grid and grid.poll_interval == 0.1
     assert list(grid.get_node_ids()) == [1, 2]
     with pytest.raises(ValueError, match="poll_interval"):

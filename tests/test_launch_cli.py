@@ -1,4 +1,4 @@
-"""The command lines' options: run-config overrides and ``fedmuscle_flwr.simulate``'s options.
+"""What a launch is given: run-config overrides, free ports, ``fedmuscle_flwr.simulate``'s options.
 
 Nothing is launched: ``simulate`` is replaced by one that records what it was asked.
 """
@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from fedmuscle_flwr import launch
 from fedmuscle_flwr import simulate as simulate_module
-from fedmuscle_flwr.launch import LaunchError, parse_toml_overrides, toml_overrides
+from fedmuscle_flwr.launch import LaunchError, free_port, parse_toml_overrides, toml_overrides
 
 
 def test_run_config_overrides_keep_quoted_values_with_spaces_and_their_types():
@@ -42,6 +43,21 @@ def test_run_config_overrides_read_back_what_toml_overrides_wrote():
 def test_a_bad_override_is_refused_naming_it(text: str, named: str):
     with pytest.raises(ValueError, match=f"cannot read override {named} as TOML key=value"):
         parse_toml_overrides(text)
+
+
+def test_free_port_never_gives_out_a_port_twice(monkeypatch: pytest.MonkeyPatch):
+    offered = iter([5001, 5001, 5002, 5001, 5002, 5003])  # the kernel offers a port again
+    monkeypatch.setattr(launch, "_unbound_port", lambda: next(offered))
+    monkeypatch.setattr(launch, "_PORTS_GIVEN", set())
+    assert [free_port(), free_port(), free_port()] == [5001, 5002, 5003]
+    monkeypatch.setattr(launch, "_unbound_port", lambda: 5002)
+    with pytest.raises(OSError, match="not given out already"):
+        free_port()
+
+
+def test_free_ports_of_the_kernel_are_distinct():
+    ports = [free_port() for _ in range(20)]
+    assert len(set(ports)) == len(ports) and all(1024 <= p < 65536 for p in ports)
 
 
 class Launches:

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
 import torch
 
+from fedmuscle_flwr import _registry
 from fedmuscle_flwr.models import (
     ENTRY_POINT_GROUP,
     MODELS,
@@ -32,6 +34,7 @@ from tests.test_models_contract import NUM_CLASSES, D, check_contract
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fedmuscle_plugin_example"
 PLUGIN = "example-mlp"
+EXAMPLE_DIST = "fedmuscle-plugin-example"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,19 +61,46 @@ def fixture_entry_points() -> dict[str, str]:
     return dict(project["entry-points"][ENTRY_POINT_GROUP])
 
 
+def installed_elsewhere(ep: EntryPoint, site: Path) -> bool:
+    """Whether ``ep`` is the example plug-in's, from an installation outside ``site``."""
+    dist = ep.dist
+    return (
+        dist is not None
+        and dist.metadata["Name"] == EXAMPLE_DIST
+        and Path(str(dist.locate_file(""))) != site
+    )
+
+
+def _forget_example_modules() -> None:
+    for module in [m for m in sys.modules if m.startswith(("fedmuscle_plugin_example", "broken_"))]:
+        del sys.modules[module]
+
+
 @pytest.fixture
 def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A site dir on sys.path for fake installs; the registry forgets them afterwards."""
-    before = set(list_client_models())
+    """A site dir on sys.path for fake installs; the registry forgets them afterwards.
+
+    A real installation of the example plug-in (``pip install`` of the documented
+    example) is hidden meanwhile: only the fake installs in the site dir count.
+    """
     site = tmp_path / "site"
     site.mkdir()
+    read_group = _registry.entry_points
+
+    def fake_installs_only(**selection: str) -> list[EntryPoint]:
+        return [ep for ep in read_group(**selection) if not installed_elsewhere(ep, site)]
+
+    monkeypatch.setattr(_registry, "entry_points", fake_installs_only)
+    MODELS.remove(PLUGIN)  # registered from a real installation, if any
+    _forget_example_modules()
+    before = set(list_client_models())
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.syspath_prepend(str(FIXTURE / "src"))
     yield site
     for name in set(MODELS.names()) - before:
         MODELS.remove(name)
-    for module in [m for m in sys.modules if m.startswith(("fedmuscle_plugin_example", "broken_"))]:
-        del sys.modules[module]
+    _forget_example_modules()
+    MODELS._plugins_loaded = False  # the next lookup reads the real installations again
 
 
 def test_fixture_declares_the_documented_entry_point() -> None:
@@ -106,6 +136,19 @@ def test_entry_point_plugin_is_built_by_name(plugin_site: Path) -> None:
         "backbone.2.lora_A.default.weight",
         "backbone.2.lora_B.default.weight",
     }
+
+
+def test_a_real_installation_of_the_example_is_hidden_from_these_tests(
+    plugin_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_site = tmp_path / "site-packages"  # after the fake site, as an installed package is
+    write_dist_info(real_site, EXAMPLE_DIST, fixture_entry_points())
+    monkeypatch.setattr(sys, "path", [*sys.path, str(real_site)])
+    MODELS.load_plugins(force=True)
+    assert PLUGIN not in list_client_models()
+    write_dist_info(plugin_site, EXAMPLE_DIST, fixture_entry_points())
+    MODELS.load_plugins(force=True)
+    assert PLUGIN in list_client_models()
 
 
 def test_plugins_are_read_lazily_on_first_lookup(plugin_site: Path) -> None:

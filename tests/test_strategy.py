@@ -16,6 +16,7 @@ from fedmuscle_flwr.aggregation import build_payloads
 from fedmuscle_flwr.config import RunConfig
 from server_app import strategy as strategy_module
 from server_app.strategy import FedMuscleStrategy
+from tests.clock import FakeClock
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 DIM = 8
@@ -223,24 +224,6 @@ def test_public_batches_are_seeded():
     assert draws == [b._draw_public_batch() for _ in range(2)]
     assert draws[0] != draws[1]
     assert draws[0] != c._draw_public_batch()
-
-
-class FakeClock:
-    """The strategy's ``time``: a monotonic clock that only its sleeps move."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def perf_counter(self) -> float:
-        return self.now
 
 
 class LateGrid(FakeGrid):
