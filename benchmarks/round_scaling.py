@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedmuscle_flwr.launch import run_simulation, toml_overrides  # noqa: E402
+from fedmuscle_flwr.launch import exit_on_sigterm, run_simulation, toml_overrides  # noqa: E402
 from fedmuscle_flwr.markdown import write_markdown_section  # noqa: E402
 
 DOC_TITLE = "# Benchmarks\n\nEvery number here was measured by the script named with it."
@@ -49,6 +49,7 @@ RUN_CONFIG: dict[str, Any] = {
     "num-partners": 2,
     "local-steps": 2,
     "contrastive-steps": 1,
+    "gate": "off",  # the paired gate runs the supervised steps twice: training, not framework
     "batch-size": 16,
     "min-nodes": 2,
     "quorum": 2,
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
+    exit_on_sigterm()  # a stopped benchmark still stops its SuperLink and simulation
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     load_before = os.getloadavg()[0]
     rows = []
