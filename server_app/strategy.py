@@ -5,9 +5,9 @@ Round t (built on Flower's ``Strategy.start`` loop through its hooks):
 ``configure_train``: pick the users; each gets the payload computed from the Z's that
 arrived in round t - 1 (for the public batch b_t), the indices of b_t, and the indices of
 b_{t+1} to represent next. ``aggregate_train``: validate every reply (error replies, wrong
-or stale Z, missing users are left out with a log line), record metrics and bytes, and
-compute the payloads of round t + 1 from one Gram matrix on the server's accelerator.
-Evaluation travels with the train reply, so the evaluate phase sends nothing.
+or stale Z, missing users are left out with a log line), record metrics and bytes, compute
+round t + 1's payloads from one Gram on the server's accelerator. Evaluation travels with
+the train reply (the evaluate phase sends nothing).
 """
 
 from __future__ import annotations
@@ -45,17 +45,15 @@ from server_app.logs import server_logger
 __all__ = ["FedMuscleStrategy"]
 
 logger = server_logger()
-#: Seconds between two looks for more nodes while fewer than ``min-nodes`` are connected.
-NODE_POLL_SECONDS = 1.0
+NODE_POLL_SECONDS = 1.0  # between two looks for nodes while fewer than min-nodes are connected
 
 
 @dataclass
 class NextRound:
     """The one-round shift: what round t prepares for round t + 1.
 
-    Round t asks every user for Z on ``indices`` (the public batch of ``round_id`` = t + 1);
-    its replies fill ``payloads``, which round t + 1 sends out with the same ``indices``
-    as the batch to contrast on.
+    Round t asks for Z on ``indices`` (round t + 1's public batch); its replies fill
+    ``payloads``, which round t + 1 sends with the same ``indices`` to contrast on.
     """
 
     round_id: int
