@@ -18,6 +18,7 @@ __all__ = [
     "COLLABORATION_KEYS",
     "CONTRASTIVE_ORDERS",
     "FALLBACKS",
+    "FALLBACK_CRITERIA",
     "GATES",
     "PARTNER_SELECTIONS",
     "PAYLOAD_FORMS",
@@ -34,6 +35,7 @@ PARTNER_SELECTIONS = ("random", "relevance")
 OPTIMIZER_STATES = ("shared", "separate")
 SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
 FALLBACKS = ("off", "local")  # local: each user also trains alone and keeps the better model
+FALLBACK_CRITERIA = ("loss", "metric")  # what "better on validation" means for the fallback
 #: Keys that change nothing when ``algorithm = "local"`` (a local baseline ignores them).
 COLLABORATION_KEYS = frozenset(
     {
@@ -52,6 +54,7 @@ COLLABORATION_KEYS = frozenset(
         "gate-tolerance",
         "gate-max-scale",
         "fallback",
+        "fallback-criterion",
         "partner-selection",
         "partner-exploration",
         "optimizer-state",
@@ -112,6 +115,7 @@ class RunConfig:
     gate_tolerance: float = 0.0  # relative rise of validation loss the gate accepts
     gate_max_scale: float = 1.0  # the gate may grow a user's lambda up to this multiple
     fallback: str = "off"  # off | local: a user also trains alone and reports the better model
+    fallback_criterion: str = "loss"  # loss | metric: lower validation loss, or higher metric
     partner_selection: str = "relevance"  # random | relevance (linear CKA on the public batch)
     partner_exploration: float = 0.25  # relevance: chance that a partner slot is random
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
@@ -139,6 +143,7 @@ class RunConfig:
         _choice("partner_selection", self.partner_selection, PARTNER_SELECTIONS)
         _choice("screening", self.screening, SCREENING_MODES)
         _choice("fallback", self.fallback, FALLBACKS)
+        _choice("fallback_criterion", self.fallback_criterion, FALLBACK_CRITERIA)
         if not (self.dp_epsilon > 0 and not math.isnan(self.dp_epsilon)):
             raise ConfigError(f"dp-epsilon must be > 0 (inf: no noise), got {self.dp_epsilon!r}")
         if not 0 < self.dp_delta < 1:

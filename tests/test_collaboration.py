@@ -403,7 +403,10 @@ def test_a_user_whose_partners_are_noise_ends_no_worse_than_local(tmp_path, gate
 
 
 @pytest.mark.usefixtures("flower_task_identity")
-def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(tmp_path):
+@pytest.mark.parametrize("criterion", ["loss", "metric"])
+def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(
+    tmp_path, criterion
+):
     """fallback = "local": each user also trains alone, exactly as its local baseline run,
     and each round reports the test metrics of whichever model is better on validation;
     the joined model (and so everything partners see) is the run without the fallback."""
@@ -428,7 +431,7 @@ def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(
 
     local = run("local", algorithm="local")
     joined = run("joined")
-    chosen = run("fallback", fallback="local")
+    chosen = run("fallback", fallback="local", **{"fallback-criterion": criterion})
     picks = []
     for r_local, r_joined, r_chosen in zip(local.rounds, joined.rounds, chosen.rounds, strict=True):
         assert r_chosen.partners == r_joined.partners and not r_chosen.failed

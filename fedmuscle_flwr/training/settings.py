@@ -31,6 +31,7 @@ class TrainSettings:
     gate: str = "off"
     gate_tolerance: float = 0.0
     gate_max_scale: float = 1.0
+    fallback_criterion: str = "loss"  # how evaluate() picks between joined and alone
     dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     private_steps: int = 0  # the most DP steps the run can take (sets the noise)
@@ -60,6 +61,7 @@ class TrainSettings:
             gate=config.gate,
             gate_tolerance=config.gate_tolerance,
             gate_max_scale=config.gate_max_scale,
+            fallback_criterion=config.fallback_criterion,
             dp=config.dp,
             privacy=PrivacySettings(
                 epsilon=config.dp_epsilon,

@@ -299,24 +299,35 @@ class Trainer:
         """The task's metrics on the held-out split, of the model the user keeps.
 
         With a :attr:`fallback` (``fallback = "local"``, *beyond the paper*): of whichever of
-        the joined model and the model trained alone has the lower validation loss, with
-        ``fallback-local`` 1 when it is the one trained alone (the joined model still
-        trains on and represents the user to its partners).
+        the joined model and the model trained alone is better on the validation split
+        (``fallback-criterion``: the lower loss, or the higher primary metric with the loss
+        breaking ties), with ``fallback-local`` 1 when it is the one trained alone (the
+        joined model still trains on and represents the user to its partners).
         """
         if self.fallback is None:
             return self._test_metrics()
-        alone = self.fallback.validation_loss() < self.validation_loss()
+        alone = self._fallback_is_better(self.fallback)
         kept = self.fallback if alone else self
         return kept._test_metrics() | {"fallback-local": float(alone)}
 
+    def _fallback_is_better(self, fallback: Trainer) -> bool:
+        loss_alone, loss_joined = fallback.validation_loss(), self.validation_loss()
+        if self.settings.fallback_criterion == "metric":
+            name = self.model.task_type.primary_metric
+            metric_alone = fallback._test_metrics(fallback.data.validation)[name]
+            metric_joined = self._test_metrics(self.data.validation)[name]
+            if metric_alone != metric_joined:
+                return metric_alone > metric_joined
+        return loss_alone < loss_joined
+
     @torch.no_grad()
-    def _test_metrics(self) -> dict[str, float]:
+    def _test_metrics(self, split: Any = None) -> dict[str, float]:
+        """The task's metrics on ``split`` (default: the held-out test split)."""
+        split = self.data.test if split is None else split
         self.model.eval()
         metrics = self.model.task_type.metrics(self.model.num_classes).to(self.device)
-        for start in range(0, len(self.data.test), EVAL_BATCH):
-            batch = self._batch(
-                self.data.test, range(start, min(start + EVAL_BATCH, len(self.data.test)))
-            )
+        for start in range(0, len(split), EVAL_BATCH):
+            batch = self._batch(split, range(start, min(start + EVAL_BATCH, len(split))))
             with self._autocast():
                 logits = self.model.forward_task(batch)
             metrics.update(logits.float(), batch)
