@@ -13,7 +13,9 @@ Schema of ``results.json`` (documented in README.md):
   privacy {user id: {epsilon, delta}}}]``;
 - ``final``: ``{user id: {name: value}}``, each user's last reported metrics;
 - ``status``: ``complete``, ``failed`` (``reason`` says why) or ``running`` (not finished);
-  ``missing_users``: users of the federation that never had a node.
+  ``missing_users``: users of the federation that never had a node; ``unsampled_users``:
+  users never drawn by ``fraction-train`` although every user had a node
+  (``connected_nodes``: the most nodes connected at a round's start).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class RunResults:
     status: str = "running"  # complete | failed | running
     reason: str = ""
     missing_users: list[str] = field(default_factory=list)
+    unsampled_users: list[str] = field(default_factory=list)
+    connected_nodes: int = 0  # the most nodes connected when a round picked its users
 
     @property
     def final(self) -> dict[str, dict[str, float]]:
@@ -106,7 +110,12 @@ class RunResults:
         had no node (unless the run config allows missing users).
         """
         seen = set(self.users) | {u for r in self.rounds for u in (*r.replied, *r.failed)}
-        self.missing_users = [u for u in federation_users if u not in seen]
+        unseen = [u for u in federation_users if u not in seen]
+        sampled = self.config.get("fraction-train", 1.0) < 1
+        if sampled and self.connected_nodes >= len(federation_users):  # a node each: not drawn
+            self.missing_users, self.unsampled_users = [], unseen
+        else:
+            self.missing_users, self.unsampled_users = unseen, []
         problems = []
         if error is not None:
             problems.append(str(error) or type(error).__name__)
@@ -137,6 +146,8 @@ class RunResults:
             "status": self.status,
             "reason": self.reason,
             "missing_users": self.missing_users,
+            "unsampled_users": self.unsampled_users,
+            "connected_nodes": self.connected_nodes,
         }
 
     @classmethod
@@ -149,6 +160,8 @@ class RunResults:
             status=data.get("status", "running"),
             reason=data.get("reason", ""),
             missing_users=list(data.get("missing_users", [])),
+            unsampled_users=list(data.get("unsampled_users", [])),
+            connected_nodes=int(data.get("connected_nodes", 0)),
         )
 
     def primary(self, user_id: str, metrics: dict[str, float]) -> float | None:

@@ -306,10 +306,9 @@ class FedMuscleStrategy(Strategy):
                 "only %d of min-nodes=%d nodes connected after %.0f s; going on with them",
                 len(nodes), self.config.min_nodes, self.config.node_wait_timeout,
             )  # fmt: skip
-        count = max(
-            min(len(nodes), self.config.min_nodes),
-            math.ceil(self.config.fraction_train * len(nodes)),
-        )
+        self.results.connected_nodes = max(self.results.connected_nodes, len(nodes))
+        sampled = math.ceil(self.config.fraction_train * len(nodes))
+        count = max(min(len(nodes), self.config.min_nodes), sampled)
         if count >= len(nodes):
             return nodes
         picks = torch.randperm(len(nodes), generator=self._sample_rng)[:count].tolist()

@@ -171,3 +171,22 @@ def test_finish_tells_whether_the_run_completed(rounds, users, error, allow_miss
     assert (again.status, again.reason, again.missing_users) == (
         results.status, results.reason, results.missing_users,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("nodes", "status", "missing", "unsampled"),
+    [(3, "complete", [], ["c"]), (2, "failed", ["c"], [])],
+)
+def test_a_user_never_drawn_by_fraction_train_is_not_missing(nodes, status, missing, unsampled):
+    """With fraction-train < 1 a user may never be drawn; it is missing only when fewer
+    nodes than users were connected (found by the 512-user benchmark: 3 complete rounds
+    were called failed)."""
+    rounds = [_round(1, ["a"]), _round(2, ["b"])]
+    results = RunResults(config={"num-server-rounds": 2, "fraction-train": 0.5}, rounds=rounds)
+    results.connected_nodes = nodes
+    results.finish(["a", "b", "c"])
+    assert (results.status, results.missing_users, results.unsampled_users) == (
+        status, missing, unsampled,
+    )  # fmt: skip
+    again = RunResults.from_dict(json.loads(json.dumps(results.to_dict())))
+    assert (again.unsampled_users, again.connected_nodes) == (unsampled, nodes)
