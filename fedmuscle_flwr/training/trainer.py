@@ -305,23 +305,22 @@ class Trainer:
         joined model still trains on and represents the user to its partners).
         """
         if self.fallback is None:
-            return self._test_metrics()
+            return self._metrics()
         alone = self._fallback_is_better(self.fallback)
         kept = self.fallback if alone else self
-        return kept._test_metrics() | {"fallback-local": float(alone)}
+        return kept._metrics() | {"fallback-local": float(alone)}
 
     def _fallback_is_better(self, fallback: Trainer) -> bool:
-        loss_alone, loss_joined = fallback.validation_loss(), self.validation_loss()
         if self.settings.fallback_criterion == "metric":
             name = self.model.task_type.primary_metric
-            metric_alone = fallback._test_metrics(fallback.data.validation)[name]
-            metric_joined = self._test_metrics(self.data.validation)[name]
+            metric_alone = fallback._metrics(fallback.data.validation)[name]
+            metric_joined = self._metrics(self.data.validation)[name]
             if metric_alone != metric_joined:
                 return metric_alone > metric_joined
-        return loss_alone < loss_joined
+        return fallback.validation_loss() < self.validation_loss()
 
     @torch.no_grad()
-    def _test_metrics(self, split: Any = None) -> dict[str, float]:
+    def _metrics(self, split: Any = None) -> dict[str, float]:
         """The task's metrics on ``split`` (default: the held-out test split)."""
         split = self.data.test if split is None else split
         self.model.eval()
