@@ -344,14 +344,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: model, optimiser, random state, rounds."""
-        return {
-            "model": self.model.state_for_checkpoint(),
-            "optimizer": self.optimizer.state_dict(),
-            "contrastive_optimizer": (
-                None
-                if self.contrastive_optimizer is None
-                else self.contrastive_optimizer.state_dict()
-            ),
+        return self._weights_state() | {
             "generator": self.generator.get_state(),
             "rng_state": dict(self.rng_state),
             "rounds_done": self.rounds_done,
@@ -415,12 +408,23 @@ class Trainer:
         ``full`` adds the batch order, the random state and the gate's scale, to replay a
         round exactly.
         """
-        state = self.state_dict()
-        keys = ["model", "optimizer", "contrastive_optimizer"]
+        state = self._weights_state()  # not the fallback's: a rollback never touches it
         if full:
-            state["rng_state"] = self._global_rng_state()
-            keys += ["generator", "rng_state", "gate_scale"]
-        return copy.deepcopy({k: state[k] for k in keys})
+            state |= {
+                "generator": self.generator.get_state(),
+                "rng_state": self._global_rng_state(),
+                "gate_scale": self.gate_scale,
+            }
+        return copy.deepcopy(state)
+
+    def _weights_state(self) -> dict[str, Any]:
+        """Model and optimiser states (the part of :meth:`state_dict` a rollback restores)."""
+        second = self.contrastive_optimizer
+        return {
+            "model": self.model.state_for_checkpoint(),
+            "optimizer": self.optimizer.state_dict(),
+            "contrastive_optimizer": None if second is None else second.state_dict(),
+        }
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
         self.model.load_checkpoint_state(snapshot["model"])
