@@ -8,7 +8,7 @@ round and sends each user its own :class:`UserPayload`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 
 import torch
@@ -125,6 +125,7 @@ def build_payloads(
     max_dense_bytes: int | None = DEFAULT_MAX_DENSE_BYTES,
     selection: str = "random",
     exploration: float = 0.25,
+    rescore: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[int, UserPayload]:
     """Every user's payload from the representations that arrived this round.
 
@@ -157,7 +158,11 @@ def build_payloads(
         representations on this batch (:func:`select_relevant_partners`), computed from the
         diagonal blocks Z_n Z_n^T.
     exploration
-        With ``"relevance"``: the chance that a partner slot is filled at random.
+        With ``"relevance"`` or ``"gain"``: the chance that a partner slot is random.
+    rescore
+        With ``"gain"``: maps the round's (N, N) CKA to the scores partners are ranked by
+        (the strategy passes :func:`fedmuscle_flwr.partner_gain.gain_scores` over the run's
+        history).
     """
     if not representations:
         return {}
@@ -167,14 +172,18 @@ def build_payloads(
         raise ValueError(f"all representations must share one (B, d) shape, got {sorted(shapes)}")
     if math.isnan(tau_alpha) or tau_alpha <= 0:
         raise ValueError(f"tau_alpha must be positive (math.inf for alpha == 1), got {tau_alpha!r}")
-    if selection not in ("random", "relevance"):
-        raise ValueError(f"selection must be 'random' or 'relevance', got {selection!r}")
+    if selection not in ("random", "relevance", "gain"):
+        raise ValueError(f"selection must be 'random', 'relevance' or 'gain', got {selection!r}")
+    if selection == "gain" and rescore is None:
+        raise ValueError("selection='gain' needs rescore (the scores from the run's history)")
     target = torch.device(device) if device is not None else best_device()
     stacked = torch.stack([representations[n] for n in node_ids]).to(target)  # (N, B, d)
     batch = stacked.shape[1]
-    if selection == "relevance":
+    if selection in ("relevance", "gain"):
         own = torch.bmm(stacked, stacked.transpose(1, 2))  # the N diagonal blocks Z_n Z_n^T
         similarity = linear_cka(own.double())
+        if rescore is not None and selection == "gain":
+            similarity = rescore(similarity.cpu())
         chosen = select_relevant_partners(
             node_ids, similarity, num_partners, generator, exploration=exploration
         )

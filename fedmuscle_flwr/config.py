@@ -31,7 +31,7 @@ PAYLOAD_FORMS = ("factored", "dense")
 CONTRASTIVE_ORDERS = ("before", "after")  # contrastive steps before or after supervised ones
 PUBLIC_NORMS = ("train", "frozen")  # norm layers on the public batch: batch stats, or frozen
 GATES = ("off", "validation", "paired")
-PARTNER_SELECTIONS = ("random", "relevance")
+PARTNER_SELECTIONS = ("random", "relevance", "gain")  # gain: fedmuscle_flwr.partner_gain
 OPTIMIZER_STATES = ("shared", "separate")
 SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
 FALLBACKS = ("off", "local")  # local: each user also trains alone and keeps the better model
@@ -116,7 +116,7 @@ class RunConfig:
     gate_max_scale: float = 1.0  # the gate may grow a user's lambda up to this multiple
     fallback: str = "off"  # off | local: a user also trains alone and reports the better model
     fallback_criterion: str = "loss"  # loss | metric: lower validation loss, or higher metric
-    partner_selection: str = "relevance"  # random | relevance (linear CKA on the public batch)
+    partner_selection: str = "relevance"  # random | relevance (CKA on the batch) | gain (gate's)
     partner_exploration: float = 0.25  # relevance: chance that a partner slot is random
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
@@ -172,6 +172,11 @@ class RunConfig:
             raise ConfigError(
                 f"gate={self.gate!r} needs a validation split: set validation-fraction > 0 "
                 "(e.g. 0.15)"
+            )
+        if self.partner_selection == "gain" and self.gate == "off" and self.collaborative:
+            raise ConfigError(
+                'partner-selection="gain" ranks partners by the validation gain the gate '
+                'measures: set gate="paired" (or "validation"), or use "relevance"'
             )
         if self.fallback == "local" and self.collaborative:
             if self.validation_fraction == 0:

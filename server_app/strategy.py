@@ -30,6 +30,7 @@ from fedmuscle_flwr import wire
 from fedmuscle_flwr.aggregation import best_device, build_payloads
 from fedmuscle_flwr.algorithms import get_algorithm
 from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.partner_gain import gain_scores
 from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
 from fedmuscle_flwr.screening import screen
@@ -399,6 +400,7 @@ class FedMuscleStrategy(Strategy):
         # Users, not node ids, fix the order of the Gram and of the partner draws, so a run
         # does not depend on which node ids a launch handed out.
         order = sorted(representations, key=lambda node: (self._user_name(node), node))
+        names = [self._user_name(node) for node in order]
         payloads = build_payloads(
             {rank: representations[node] for rank, node in enumerate(order)},
             num_partners=self.config.num_partners,
@@ -409,6 +411,7 @@ class FedMuscleStrategy(Strategy):
             max_dense_bytes=wire.GRPC_MAX_MESSAGE_BYTES,
             selection=self.config.partner_selection,
             exploration=self.config.partner_exploration,
+            rescore=lambda cka: gain_scores(names, [*self.results.rounds, record], cka),
         )
         return {
             order[rank]: replace(payload, partner_ids=tuple(order[p] for p in payload.partner_ids))
