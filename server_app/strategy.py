@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -42,36 +42,12 @@ from server_app.checkpoint import (
     save_checkpoint,
 )
 from server_app.logs import server_logger
+from server_app.rounds import NextRound, RoundInFlight
 
 __all__ = ["FedMuscleStrategy"]
 
 logger = server_logger()
 NODE_POLL_SECONDS = 1.0  # between two looks for nodes while fewer than min-nodes are connected
-
-
-@dataclass
-class NextRound:
-    """The one-round shift: what round t prepares for round t + 1.
-
-    Round t asks for Z on ``indices`` (round t + 1's public batch); its replies fill
-    ``payloads``, which round t + 1 sends with the same ``indices`` to contrast on.
-    """
-
-    round_id: int
-    indices: tuple[int, ...]
-    payloads: dict[int, UserPayload] = field(default_factory=dict)  # node id -> payload
-
-
-@dataclass
-class _Round:
-    """Book-keeping of the round in flight."""
-
-    started: float
-    messages: dict[int, Message] = field(default_factory=dict)  # node id -> instruction
-    downlink: dict[int, int] = field(default_factory=dict)  # node id -> bytes
-    partners: dict[int, tuple[int, ...]] = field(default_factory=dict)  # node -> partner nodes
-    next: NextRound | None = None  # what this round prepares (None: no Z asked for)
-    errors: set[int] = field(default_factory=set)  # nodes whose round failed with an error
 
 
 class RunFailed(RuntimeError):
@@ -104,7 +80,7 @@ class FedMuscleStrategy(Strategy):
         self._sample_rng = torch.Generator().manual_seed(config.seed + 2)
         self._next: NextRound | None = None  # prepared by the previous round
         self._node_user: dict[int, str] = {}
-        self._round: _Round | None = None
+        self._round: RoundInFlight | None = None
         self.results = RunResults(config=config.to_dict())
         self.experiment = uuid.uuid4().hex[:16]  # keys users' saved state; resumed runs keep it
         self.checkpoint_dir = checkpoint_dir  # results.json + checkpoint.pt after each round
@@ -201,7 +177,7 @@ class FedMuscleStrategy(Strategy):
     ) -> Iterable[Message]:
         """Build every selected user's instruction for this round."""
         server_round += self.rounds_before  # Flower counts the rounds of this process only
-        state = _Round(started=time.perf_counter())
+        state = RoundInFlight(started=time.perf_counter())
         selected = self._select_nodes(grid)
         if self._resumed is not None:
             self._next = self._restore_payloads(grid, selected)
@@ -316,7 +292,11 @@ class FedMuscleStrategy(Strategy):
         return sorted(nodes[p] for p in picks)
 
     def _collect(
-        self, server_round: int, replies: Iterable[Message], state: _Round, record: RoundRecord
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        state: RoundInFlight,
+        record: RoundRecord,
     ) -> dict[int, torch.Tensor]:
         """Validate each reply; keep metrics and Z of the good ones, log the others."""
         by_message = {msg.metadata.message_id: node for node, msg in state.messages.items()}
