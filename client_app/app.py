@@ -58,7 +58,7 @@ def build_trainer(config: RunConfig, profile: UserProfile, federation_name: str)
     trainer = Trainer(
         model, data, settings, device=resolve_device(config.device), seed=user_seed(config, profile)
     )
-    if config.fallback == "local" and config.collaborative:  # the user's local baseline
+    if config.uses_fallback:  # the user's local baseline, step for step
         alone = replace(config, algorithm="local", fallback="off")
         trainer.fallback = build_trainer(alone, profile, federation_name)
     return trainer

@@ -34,7 +34,8 @@ GATES = ("off", "validation", "paired")
 PARTNER_SELECTIONS = ("random", "relevance", "gain")  # gain: fedmuscle_flwr.partner_gain
 OPTIMIZER_STATES = ("shared", "separate")
 SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
-FALLBACKS = ("off", "local")  # local: each user also trains alone and keeps the better model
+FALLBACKS = ("off", "local", "auto")  # local: each user also trains alone, keeps the better
+# model; auto: local where it can run (a validation split, no DP), else off
 FALLBACK_CRITERIA = ("loss", "metric")  # what "better on validation" means for the fallback
 #: Keys that change nothing when ``algorithm = "local"`` (a local baseline ignores them).
 COLLABORATION_KEYS = frozenset(
@@ -114,8 +115,8 @@ class RunConfig:
     gate: str = "paired"  # off | validation | paired: keep contrastive steps that help
     gate_tolerance: float = 0.0  # relative rise of validation loss the gate accepts
     gate_max_scale: float = 1.0  # the gate may grow a user's lambda up to this multiple
-    fallback: str = "off"  # off | local: a user also trains alone and reports the better model
-    fallback_criterion: str = "loss"  # loss | metric: lower validation loss, or higher metric
+    fallback: str = "auto"  # off | local | auto: a user also trains alone, reports the better
+    fallback_criterion: str = "metric"  # metric | loss: higher validation metric, or lower loss
     partner_selection: str = "relevance"  # random | relevance (CKA on the batch) | gain (gate's)
     partner_exploration: float = 0.25  # relevance: chance that a partner slot is random
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
@@ -226,6 +227,14 @@ class RunConfig:
     def collaborative(self) -> bool:
         """Whether users exchange representations (every algorithm but ``local``)."""
         return get_algorithm(self.algorithm).collaborative
+
+    @property
+    def uses_fallback(self) -> bool:
+        """Whether each user also trains alone (``fallback``; ``auto``: without DP, with a
+        validation split, in a collaborative run)."""
+        if not self.collaborative or self.fallback == "off":
+            return False
+        return self.fallback == "local" or (self.validation_fraction > 0 and not self.dp)
 
     def lambda_at(self, round_id: int) -> float:
         """Lambda of round ``round_id`` (1-based) under warm-up and ramp; 0 during warm-up."""

@@ -430,7 +430,7 @@ def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(
         return RunResults.from_dict(json.loads(run_inprocess(config).read_text()))
 
     local = run("local", algorithm="local")
-    joined = run("joined")
+    joined = run("joined", fallback="off")
     chosen = run("fallback", fallback="local", **{"fallback-criterion": criterion})
     picks = []
     for r_local, r_joined, r_chosen in zip(local.rounds, joined.rounds, chosen.rounds, strict=True):
@@ -446,3 +446,13 @@ def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(
         RunConfig(fallback="local", validation_fraction=0.0, gate="off")
     with pytest.raises(ConfigError, match="twice"):
         RunConfig(fallback="local", dp=True)
+
+
+def test_fallback_auto_trains_alone_only_where_it_can():
+    """The default, fallback = "auto": on where there is a validation split and no DP."""
+    assert RunConfig().fallback == "auto" and RunConfig().uses_fallback
+    assert not RunConfig(dp=True).uses_fallback  # DP would pay for the second model twice
+    assert not RunConfig(validation_fraction=0.0, gate="off").uses_fallback  # no judge
+    assert not RunConfig(algorithm="local").uses_fallback  # a local run is its own baseline
+    assert not RunConfig(fallback="off").uses_fallback
+    assert RunConfig(fallback="local").uses_fallback
