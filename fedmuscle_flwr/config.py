@@ -230,8 +230,10 @@ class RunConfig:
 
     @property
     def uses_fallback(self) -> bool:
-        """Whether each user also trains alone (``fallback``; ``auto``: without DP, with a
-        validation split, in a collaborative run)."""
+        """Whether each user also trains alone for ``fallback`` in this run.
+
+        ``auto`` turns it on in a collaborative run with a validation split and no DP.
+        """
         if not self.collaborative or self.fallback == "off":
             return False
         return self.fallback == "local" or (self.validation_fraction > 0 and not self.dp)
