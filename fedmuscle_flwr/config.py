@@ -118,7 +118,7 @@ class RunConfig:
     fallback: str = "auto"  # off | local | auto: a user also trains alone, reports the better
     fallback_criterion: str = "metric"  # metric | loss: higher validation metric, or lower loss
     partner_selection: str = "relevance"  # random | relevance (CKA on the batch) | gain (gate's)
-    partner_exploration: float = 0.25  # relevance: chance that a partner slot is random
+    partner_exploration: float = 0.25  # relevance, gain: chance that a partner slot is random
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
     screening_min_rounds: int = 5  # rounds scored before "exclude" may leave a user out

@@ -18,9 +18,9 @@ scores use only what the server already receives.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
-import torch
 from torch import Tensor
 
 from fedmuscle_flwr.results import RoundRecord
@@ -45,7 +45,7 @@ def round_gain(metrics: dict[str, float]) -> float | None:
     for without_key, with_key in GAIN_METRICS:
         if without_key in metrics and with_key in metrics:
             without, joined = float(metrics[without_key]), float(metrics[with_key])
-            if without > 0 and torch.isfinite(torch.tensor([without, joined])).all():
+            if without > 0 and math.isfinite(without) and math.isfinite(joined):
                 return (without - joined) / without
     return None
 
