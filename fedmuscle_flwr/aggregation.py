@@ -19,12 +19,17 @@ from fedmuscle_flwr.loss.dense import DEFAULT_MAX_DENSE_BYTES, build_dense_paylo
 from fedmuscle_flwr.payload import UserPayload
 
 __all__ = [
+    "SELECTIONS",
     "best_device",
     "build_payloads",
     "linear_cka",
     "select_partners",
     "select_relevant_partners",
 ]
+
+
+#: Partner rules of :func:`build_payloads` (``partner-selection`` in the run config).
+SELECTIONS = ("random", "relevance", "complement", "gain")
 
 
 def select_partners(
@@ -156,9 +161,11 @@ def build_payloads(
     selection
         ``"random"`` (the paper) or ``"relevance"``: partners ranked by linear CKA of their
         representations on this batch (:func:`select_relevant_partners`), computed from the
-        diagonal blocks Z_n Z_n^T.
+        diagonal blocks Z_n Z_n^T; ``"complement"``: the least similar first (1 - CKA), the
+        partners that see the batch most differently.
     exploration
-        With ``"relevance"`` or ``"gain"``: the chance that a partner slot is random.
+        With ``"relevance"``, ``"complement"`` or ``"gain"``: the chance that a partner slot
+        is random.
     rescore
         With ``"gain"``: maps the round's (N, N) CKA to the scores partners are ranked by
         (the strategy passes :func:`fedmuscle_flwr.partner_gain.gain_scores` over the run's
@@ -172,17 +179,19 @@ def build_payloads(
         raise ValueError(f"all representations must share one (B, d) shape, got {sorted(shapes)}")
     if math.isnan(tau_alpha) or tau_alpha <= 0:
         raise ValueError(f"tau_alpha must be positive (math.inf for alpha == 1), got {tau_alpha!r}")
-    if selection not in ("random", "relevance", "gain"):
-        raise ValueError(f"selection must be 'random', 'relevance' or 'gain', got {selection!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if selection == "gain" and rescore is None:
         raise ValueError("selection='gain' needs rescore (the scores from the run's history)")
     target = torch.device(device) if device is not None else best_device()
     stacked = torch.stack([representations[n] for n in node_ids]).to(target)  # (N, B, d)
     batch = stacked.shape[1]
-    if selection in ("relevance", "gain"):
+    if selection != "random":
         own = torch.bmm(stacked, stacked.transpose(1, 2))  # the N diagonal blocks Z_n Z_n^T
         similarity = linear_cka(own.double())
-        if rescore is not None and selection == "gain":
+        if selection == "complement":
+            similarity = 1.0 - similarity
+        elif rescore is not None and selection == "gain":
             similarity = rescore(similarity.cpu())
         chosen = select_relevant_partners(
             node_ids, similarity, num_partners, generator, exploration=exploration

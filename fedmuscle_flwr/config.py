@@ -31,7 +31,8 @@ PAYLOAD_FORMS = ("factored", "dense")
 CONTRASTIVE_ORDERS = ("before", "after")  # contrastive steps before or after supervised ones
 PUBLIC_NORMS = ("train", "frozen")  # norm layers on the public batch: batch stats, or frozen
 GATES = ("off", "validation", "paired")
-PARTNER_SELECTIONS = ("random", "relevance", "gain")  # gain: fedmuscle_flwr.partner_gain
+# complement: least similar first; gain: fedmuscle_flwr.partner_gain
+PARTNER_SELECTIONS = ("random", "relevance", "complement", "gain")
 OPTIMIZER_STATES = ("shared", "separate")
 SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
 FALLBACKS = ("off", "local", "auto")  # local: each user also trains alone, keeps the better
@@ -117,8 +118,8 @@ class RunConfig:
     gate_max_scale: float = 1.0  # the gate may grow a user's lambda up to this multiple
     fallback: str = "auto"  # off | local | auto: a user also trains alone, reports the better
     fallback_criterion: str = "metric"  # metric | loss: higher validation metric, or lower loss
-    partner_selection: str = "relevance"  # random | relevance (CKA on the batch) | gain (gate's)
-    partner_exploration: float = 0.25  # relevance, gain: chance that a partner slot is random
+    partner_selection: str = "relevance"  # random | relevance (CKA) | complement (1 - CKA) | gain
+    partner_exploration: float = 0.25  # all but random: chance that a partner slot is random
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
     screening_min_rounds: int = 5  # rounds scored before "exclude" may leave a user out

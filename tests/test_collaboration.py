@@ -456,3 +456,31 @@ def test_fallback_auto_trains_alone_only_where_it_can():
     assert not RunConfig(algorithm="local").uses_fallback  # a local run is its own baseline
     assert not RunConfig(fallback="off").uses_fallback
     assert RunConfig(fallback="local").uses_fallback
+
+
+def test_complement_picks_the_least_similar_partners():
+    g = torch.Generator().manual_seed(5)
+    latent = unit(g, 32, 16)
+    twins = [F.normalize(latent + 0.2 * unit(g, 32, 16), dim=-1).float() for _ in range(3)]
+    stranger = unit(g, 32, 16).float()
+    reps = {1: twins[0], 2: twins[1], 3: twins[2], 4: stranger}
+
+    def partners(selection: str) -> dict[int, tuple[int, ...]]:
+        payloads = build_payloads(
+            reps, num_partners=1, tau_alpha=0.5, generator=torch.Generator().manual_seed(0),
+            device="cpu", selection=selection, exploration=0.0,
+        )  # fmt: skip
+        return {n: p.partner_ids for n, p in payloads.items()}
+
+    complement, relevance = partners("complement"), partners("relevance")
+    for node in (1, 2, 3):
+        assert complement[node] == (4,)  # the one that sees the batch differently
+        assert relevance[node] != (4,)
+    assert complement[4] != relevance[4]
+
+
+def test_config_and_payloads_know_the_same_partner_rules():
+    from fedmuscle_flwr.aggregation import SELECTIONS
+    from fedmuscle_flwr.config import PARTNER_SELECTIONS
+
+    assert set(SELECTIONS) == set(PARTNER_SELECTIONS)
