@@ -38,6 +38,7 @@ SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
 FALLBACKS = ("off", "local", "auto")  # local: each user also trains alone, keeps the better
 # model; auto: local where it can run (a validation split, no DP), else off
 FALLBACK_CRITERIA = ("loss", "metric")  # what "better on validation" means for the fallback
+GATE_CRITERIA = ("loss", "metric")  # what "helped" means for the gate
 #: Keys that change nothing when ``algorithm = "local"`` (a local baseline ignores them).
 COLLABORATION_KEYS = frozenset(
     {
@@ -55,6 +56,8 @@ COLLABORATION_KEYS = frozenset(
         "gate",
         "gate-tolerance",
         "gate-max-scale",
+        "gate-min-scale",
+        "gate-criterion",
         "fallback",
         "fallback-criterion",
         "partner-selection",
@@ -116,6 +119,8 @@ class RunConfig:
     gate: str = "paired"  # off | validation | paired: keep contrastive steps that help
     gate_tolerance: float = 0.0  # relative rise of validation loss the gate accepts
     gate_max_scale: float = 1.0  # the gate may grow a user's lambda up to this multiple
+    gate_min_scale: float = 0.0  # ... and shrink it down to this one (1: never shrinks)
+    gate_criterion: str = "loss"  # loss | metric (validation primary metric, loss breaks ties)
     fallback: str = "auto"  # off | local | auto: a user also trains alone, reports the better
     fallback_criterion: str = "metric"  # metric | loss: higher validation metric, or lower loss
     partner_selection: str = "relevance"  # random | relevance (CKA) | complement (1 - CKA) | gain
@@ -146,6 +151,7 @@ class RunConfig:
         _choice("screening", self.screening, SCREENING_MODES)
         _choice("fallback", self.fallback, FALLBACKS)
         _choice("fallback_criterion", self.fallback_criterion, FALLBACK_CRITERIA)
+        _choice("gate_criterion", self.gate_criterion, GATE_CRITERIA)
         if not (self.dp_epsilon > 0 and not math.isnan(self.dp_epsilon)):
             raise ConfigError(f"dp-epsilon must be > 0 (inf: no noise), got {self.dp_epsilon!r}")
         if not 0 < self.dp_delta < 1:
@@ -170,6 +176,8 @@ class RunConfig:
             raise ConfigError(f"gate-tolerance must be >= 0, got {self.gate_tolerance!r}")
         if not (math.isfinite(self.gate_max_scale) and self.gate_max_scale >= 1):
             raise ConfigError(f"gate-max-scale must be >= 1, got {self.gate_max_scale!r}")
+        if not 0 <= self.gate_min_scale <= 1:
+            raise ConfigError(f"gate-min-scale must be in [0, 1], got {self.gate_min_scale!r}")
         if self.gate != "off" and self.validation_fraction == 0 and self.collaborative:
             raise ConfigError(
                 f"gate={self.gate!r} needs a validation split: set validation-fraction > 0 "

@@ -175,6 +175,36 @@ def test_gate_grows_lambda_up_to_its_cap(before, after, scale, kept, new_scale):
     assert gate_decision(before, after, scale=scale, max_scale=4.0) == (kept, new_scale)
 
 
+@pytest.mark.parametrize(
+    ("scale", "min_scale", "new_scale"),
+    [
+        (1.0, 0.0, 0.5),  # no floor: halves
+        (0.5, 0.25, 0.25),  # down to the floor
+        (0.25, 0.25, 0.25),  # and no further
+        (1.0, 1.0, 1.0),  # floor 1: the gate only rolls back, lambda never shrinks
+    ],
+)
+def test_gate_shrinks_lambda_down_to_its_floor(scale, min_scale, new_scale):
+    assert gate_decision(1.0, 1.1, scale=scale, min_scale=min_scale) == (False, new_scale)
+
+
+@pytest.mark.parametrize(
+    ("loss_after", "metric_before", "metric_after", "kept"),
+    [
+        (1.2, 0.50, 0.55, True),  # a higher metric wins, although the loss rose
+        (0.8, 0.50, 0.45, False),  # a lower metric loses, although the loss fell
+        (0.8, 0.50, 0.50, True),  # a tie: the lower loss decides
+        (1.2, 0.50, 0.50, False),
+        (1.2, None, None, False),  # no metrics: the loss rule
+    ],
+)
+def test_gate_on_the_validation_metric(loss_after, metric_before, metric_after, kept):
+    decision = gate_decision(
+        1.0, loss_after, scale=1.0, metric_before=metric_before, metric_after=metric_after
+    )
+    assert decision[0] is kept
+
+
 @pytest.mark.parametrize("harm", [True, False])
 def test_gate_rolls_back_an_update_that_hurts_validation(monkeypatch, harm):
     profile = load_federation(TINY_FEDERATION).users[0]
@@ -245,6 +275,28 @@ def test_paired_gate_keeps_the_better_of_the_round_with_and_without_contrast(
     assert got["optimizer"]["state"][0]["step"] == want["optimizer"]["state"][0]["step"]
     assert gated.gate_scale == (1.0 if joined_better else 0.5)
     assert not torch.equal(alone.represent(INDICES), joined.represent(INDICES))
+
+
+@pytest.mark.parametrize("joined_better", [True, False])
+def test_paired_gate_on_the_metric_follows_the_metric_not_the_loss(monkeypatch, joined_better):
+    profile = load_federation(TINY_FEDERATION).users[0]
+    config = dataclasses.replace(
+        CONFIG, algorithm="pairwise", validation_fraction=0.25, gate="paired",
+        gate_criterion="metric", gate_min_scale=1.0,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(9)
+    noise = {n: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for n in range(3)}
+    payload = build_payloads(noise, num_partners=2, tau_alpha=0.5, generator=g, device="cpu")[0]
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    # Validation (alone, then joined): the loss says the opposite of the metric.
+    losses = iter([1.0, 2.0] if joined_better else [2.0, 1.0])
+    metrics = iter([0.4, 0.6] if joined_better else [0.6, 0.4])
+    monkeypatch.setattr(trainer, "validation_loss", lambda: next(losses))
+    monkeypatch.setattr(trainer, "validation_metric", lambda: next(metrics))
+    with trainer.random_state():
+        result = trainer.train_round(INDICES, payload)
+    assert result["gate-kept"] == float(joined_better)
+    assert trainer.gate_scale == 1.0  # gate-min-scale 1: a rejection does not shrink lambda
 
 
 # ---------------------------------------------------------------- schedule and knobs

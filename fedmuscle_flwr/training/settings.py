@@ -31,6 +31,8 @@ class TrainSettings:
     gate: str = "off"
     gate_tolerance: float = 0.0
     gate_max_scale: float = 1.0
+    gate_min_scale: float = 0.0
+    gate_criterion: str = "loss"  # or "metric": the validation primary metric, loss breaks ties
     fallback_criterion: str = "loss"  # how evaluate() picks between joined and alone
     dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
@@ -61,6 +63,8 @@ class TrainSettings:
             gate=config.gate,
             gate_tolerance=config.gate_tolerance,
             gate_max_scale=config.gate_max_scale,
+            gate_min_scale=config.gate_min_scale,
+            gate_criterion=config.gate_criterion,
             fallback_criterion=config.fallback_criterion,
             dp=config.dp,
             privacy=PrivacySettings(

@@ -310,11 +310,16 @@ class Trainer:
         kept = self.fallback if alone else self
         return kept._metrics() | {"fallback-local": float(alone)}
 
+    def validation_metric(self) -> float:
+        """The task's primary metric on the validation split."""
+        if self.data.validation is None:
+            raise ValueError("no validation split: set validation-fraction > 0")
+        return self._metrics(self.data.validation)[self.model.task_type.primary_metric]
+
     def _fallback_is_better(self, fallback: Trainer) -> bool:
         if self.settings.fallback_criterion == "metric":
-            name = self.model.task_type.primary_metric
-            metric_alone = fallback._metrics(fallback.data.validation)[name]
-            metric_joined = self._metrics(self.data.validation)[name]
+            metric_alone = fallback.validation_metric()
+            metric_joined = self.validation_metric()
             if metric_alone != metric_joined:
                 return metric_alone > metric_joined
         return fallback.validation_loss() < self.validation_loss()
