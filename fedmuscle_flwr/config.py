@@ -37,7 +37,8 @@ OPTIMIZER_STATES = ("shared", "separate")
 SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
 FALLBACKS = ("off", "local", "auto")  # local: each user also trains alone, keeps the better
 # model; auto: local where it can run (a validation split, no DP), else off
-FALLBACK_CRITERIA = ("loss", "metric")  # what "better on validation" means for the fallback
+# what "better on validation" means for the fallback (bootstrap: fedmuscle_flwr.training.bootstrap)
+FALLBACK_CRITERIA = ("loss", "metric", "bootstrap")
 GATE_CRITERIA = ("loss", "metric")  # what "helped" means for the gate
 #: Keys that change nothing when ``algorithm = "local"`` (a local baseline ignores them).
 COLLABORATION_KEYS = frozenset(
@@ -60,6 +61,7 @@ COLLABORATION_KEYS = frozenset(
         "gate-criterion",
         "fallback",
         "fallback-criterion",
+        "fallback-confidence",
         "partner-selection",
         "partner-exploration",
         "optimizer-state",
@@ -122,7 +124,8 @@ class RunConfig:
     gate_min_scale: float = 0.0  # ... and shrink it down to this one (1: never shrinks)
     gate_criterion: str = "loss"  # loss | metric (validation primary metric, loss breaks ties)
     fallback: str = "auto"  # off | local | auto: a user also trains alone, reports the better
-    fallback_criterion: str = "metric"  # metric | loss: higher validation metric, or lower loss
+    fallback_criterion: str = "metric"  # metric | loss | bootstrap (a lead surviving resampling)
+    fallback_confidence: float = 0.8  # bootstrap: share of resamples the joined model must win
     partner_selection: str = "relevance"  # random | relevance (CKA) | complement (1 - CKA) | gain
     partner_exploration: float = 0.25  # all but random: chance that a partner slot is random
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
@@ -176,6 +179,10 @@ class RunConfig:
             raise ConfigError(f"gate-tolerance must be >= 0, got {self.gate_tolerance!r}")
         if not (math.isfinite(self.gate_max_scale) and self.gate_max_scale >= 1):
             raise ConfigError(f"gate-max-scale must be >= 1, got {self.gate_max_scale!r}")
+        if not 0.5 <= self.fallback_confidence < 1:
+            raise ConfigError(
+                f"fallback-confidence must be in [0.5, 1), got {self.fallback_confidence!r}"
+            )
         if not 0 <= self.gate_min_scale <= 1:
             raise ConfigError(f"gate-min-scale must be in [0, 1], got {self.gate_min_scale!r}")
         if self.gate != "off" and self.validation_fraction == 0 and self.collaborative:

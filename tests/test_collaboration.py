@@ -455,7 +455,7 @@ def test_a_user_whose_partners_are_noise_ends_no_worse_than_local(tmp_path, gate
 
 
 @pytest.mark.usefixtures("flower_task_identity")
-@pytest.mark.parametrize("criterion", ["loss", "metric"])
+@pytest.mark.parametrize("criterion", ["loss", "metric", "bootstrap"])
 def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(
     tmp_path, criterion
 ):
@@ -490,6 +490,8 @@ def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(
         for user, metrics in r_chosen.metrics.items():
             alone = metrics["fallback-local"] == 1.0
             picks.append(alone)
+            if criterion == "bootstrap":  # the joined model only with a lead that resamples keep
+                assert alone == (metrics["fallback-joined-share"] < 0.8)
             source = r_local if alone else r_joined
             assert metrics["accuracy"] == source.metrics[user]["accuracy"], (user, r_chosen.round)
             assert metrics["train-loss"] == r_joined.metrics[user]["train-loss"]
@@ -536,3 +538,48 @@ def test_config_and_payloads_know_the_same_partner_rules():
     from fedmuscle_flwr.config import PARTNER_SELECTIONS
 
     assert set(SELECTIONS) == set(PARTNER_SELECTIONS)
+
+
+# ---------------------------------------------------------------- the fallback's bootstrap
+
+
+def _accuracy_inputs(correct: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits for 3 classes that are right exactly where ``correct`` says, and the targets."""
+    target = torch.arange(len(correct)) % 3
+    predicted = torch.where(torch.tensor(correct), target, (target + 1) % 3)
+    return F.one_hot(predicted, 3).float(), target
+
+
+def test_bootstrap_trusts_a_clear_lead_and_not_a_lucky_one():
+    from fedmuscle_flwr.tasks import get_task
+    from fedmuscle_flwr.training.bootstrap import paired_bootstrap_share
+
+    task = get_task("image-classification")
+    base = [True] * 12 + [False] * 28  # 40 validation examples, the lone model right on 12
+
+    def share(joined_correct: list[bool]) -> float:
+        alone, target = _accuracy_inputs(base)
+        joined, _ = _accuracy_inputs(joined_correct)
+        return paired_bootstrap_share(task, 3, joined, alone, target)
+
+    assert share(base) == 0.5  # the same predictions: every resample a tie
+    clear = [True] * 22 + [False] * 18  # right on 10 more examples, wrong on none more
+    assert share(clear) > 0.99
+    worse = [False] * 12 + [False] * 28  # wrong where the lone model was right
+    assert share(worse) < 0.01
+    # One example ahead, from two that changed places: no lead a resample can trust.
+    lucky = [True] * 11 + [False] + [True, True] + [False] * 26
+    assert 0.5 < share(lucky) < 0.8
+    assert share(lucky) == share(lucky)  # seeded: the same resamples every call
+
+
+def test_bootstrap_checks_its_inputs():
+    from fedmuscle_flwr.tasks import get_task
+    from fedmuscle_flwr.training.bootstrap import paired_bootstrap_share
+
+    task = get_task("image-classification")
+    preds, target = _accuracy_inputs([True, False, True])
+    with pytest.raises(ValueError, match="same examples"):
+        paired_bootstrap_share(task, 3, preds[:2], preds, target)
+    with pytest.raises(ValueError, match="resamples"):
+        paired_bootstrap_share(task, 3, preds, preds, target, resamples=0)

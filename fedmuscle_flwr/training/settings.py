@@ -34,6 +34,7 @@ class TrainSettings:
     gate_min_scale: float = 0.0
     gate_criterion: str = "loss"  # or "metric": the validation primary metric, loss breaks ties
     fallback_criterion: str = "loss"  # how evaluate() picks between joined and alone
+    fallback_confidence: float = 0.8  # bootstrap: share of resamples the joined must win
     dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     private_steps: int = 0  # the most DP steps the run can take (sets the noise)
@@ -66,6 +67,7 @@ class TrainSettings:
             gate_min_scale=config.gate_min_scale,
             gate_criterion=config.gate_criterion,
             fallback_criterion=config.fallback_criterion,
+            fallback_confidence=config.fallback_confidence,
             dp=config.dp,
             privacy=PrivacySettings(
                 epsilon=config.dp_epsilon,

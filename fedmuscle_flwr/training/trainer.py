@@ -20,6 +20,7 @@ from fedmuscle_flwr.data.users import UserData
 from fedmuscle_flwr.models import ClientModel
 from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.privacy import PrivateSteps, make_private_model, task_parameters
+from fedmuscle_flwr.training.bootstrap import paired_bootstrap_share
 from fedmuscle_flwr.training.gate import paired_round, validation_gate
 from fedmuscle_flwr.training.helpers import check_finite, frozen_norm_statistics, is_head
 from fedmuscle_flwr.training.settings import TrainSettings
@@ -306,9 +307,42 @@ class Trainer:
         """
         if self.fallback is None:
             return self._metrics()
+        if self.settings.fallback_criterion == "bootstrap":
+            share = self._joined_share(self.fallback)
+            alone = share < self.settings.fallback_confidence
+            kept = self.fallback if alone else self
+            return kept._metrics() | {
+                "fallback-local": float(alone),
+                "fallback-joined-share": share,
+            }
         alone = self._fallback_is_better(self.fallback)
         kept = self.fallback if alone else self
         return kept._metrics() | {"fallback-local": float(alone)}
+
+    def _joined_share(self, fallback: Trainer) -> float:
+        """Share of paired validation resamples on which this model beats ``fallback``."""
+        joined, target = self.validation_outputs()
+        alone, target_alone = fallback.validation_outputs()
+        if not torch.equal(target, target_alone):
+            raise RuntimeError("the joined and the lone model hold different validation splits")
+        task = self.model.task_type
+        return paired_bootstrap_share(task, self.model.num_classes, joined, alone, target)
+
+    @torch.no_grad()
+    def validation_outputs(self) -> tuple[Tensor, Tensor]:
+        """``(preds, target)`` of every validation example as the task's metrics take them."""
+        if self.data.validation is None:
+            raise ValueError("no validation split: set validation-fraction > 0")
+        self.model.eval()
+        split, preds, targets = self.data.validation, [], []
+        for start in range(0, len(split), EVAL_BATCH):
+            batch = self._batch(split, range(start, min(start + EVAL_BATCH, len(split))))
+            with self._autocast():
+                logits = self.model.forward_task(batch)
+            pred, target = self.model.task_type.metric_inputs(logits.float(), batch)
+            preds.append(pred.cpu())
+            targets.append(target.cpu())
+        return torch.cat(preds), torch.cat(targets)
 
     def validation_metric(self) -> float:
         """The task's primary metric on the validation split."""
