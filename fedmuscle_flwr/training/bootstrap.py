@@ -1,4 +1,4 @@
-"""The fallback's paired bootstrap: is the joined model better on validation, or luckier.
+"""The fallback's paired bootstrap: a lead on the validation split that is more than luck.
 
 ``fallback-criterion = "bootstrap"`` (*beyond the paper*): a user keeps its joined model
 only when it beats the model trained alone on most paired bootstrap resamples of the

@@ -301,23 +301,24 @@ class Trainer:
 
         With a :attr:`fallback` (``fallback = "local"``, *beyond the paper*): of whichever of
         the joined model and the model trained alone is better on the validation split
-        (``fallback-criterion``: the lower loss, or the higher primary metric with the loss
-        breaking ties), with ``fallback-local`` 1 when it is the one trained alone (the
-        joined model still trains on and represents the user to its partners).
+        (``fallback-criterion``: the lower loss; the higher primary metric with the loss
+        breaking ties; or ``bootstrap``, a higher primary metric on at least
+        ``fallback-confidence`` of the paired resamples of the validation split, recorded as
+        ``fallback-joined-share``), with ``fallback-local`` 1 when it is the one trained
+        alone (the joined model still trains on and represents the user to its partners).
         """
         if self.fallback is None:
             return self._metrics()
+        decision = self._fallback_decision(self.fallback)
+        kept = self.fallback if decision["fallback-local"] else self
+        return kept._metrics() | decision
+
+    def _fallback_decision(self, fallback: Trainer) -> dict[str, float]:
         if self.settings.fallback_criterion == "bootstrap":
-            share = self._joined_share(self.fallback)
+            share = self._joined_share(fallback)
             alone = share < self.settings.fallback_confidence
-            kept = self.fallback if alone else self
-            return kept._metrics() | {
-                "fallback-local": float(alone),
-                "fallback-joined-share": share,
-            }
-        alone = self._fallback_is_better(self.fallback)
-        kept = self.fallback if alone else self
-        return kept._metrics() | {"fallback-local": float(alone)}
+            return {"fallback-local": float(alone), "fallback-joined-share": share}
+        return {"fallback-local": float(self._fallback_is_better(fallback))}
 
     def _joined_share(self, fallback: Trainer) -> float:
         """Share of paired validation resamples on which this model beats ``fallback``."""
