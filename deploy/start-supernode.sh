@@ -40,6 +40,10 @@ Options:
                          only when asked for, never a fallback
   --dry-run              print the command instead of running it
 Anything after '--' is passed to flower-supernode as is.
+
+SIGTERM / SIGINT stop the SuperNode and its worker; whatever still runs FEDMUSCLE_STOP_GRACE
+seconds later (default 10: a SuperNode blocked in a gRPC call handles signals late) is
+killed, with its children.
 USAGE
 }
 
@@ -92,12 +96,42 @@ fi
 [[ $warm -eq 0 ]] || cmd+=(--isolation process)
 cmd+=("${extra[@]}")
 if [[ $dry_run -eq 1 ]]; then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
+STOP_GRACE=${FEDMUSCLE_STOP_GRACE:-10}  # seconds from SIGTERM to SIGKILL (stop_children)
+[[ "$STOP_GRACE" =~ ^[0-9]+$ ]] || die "FEDMUSCLE_STOP_GRACE takes whole seconds, not '$STOP_GRACE'"
 umask 077  # client state and data this node (and its warm worker) writes: owner-only
 worker_pid="" node_pid=""
+running() {  # is process $1 alive (an exited child not yet waited for is not)
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || { kill -0 "$1" 2>/dev/null; return; }
+    stat="${stat##*) }"
+    [[ "${stat%% *}" != Z ]]
+}
+children_of() {  # pids whose parent is one of "$@" (Linux /proc; none elsewhere)
+    local stat rest
+    for stat in /proc/[0-9]*/stat; do
+        rest="$(cat "$stat" 2>/dev/null)" || continue
+        rest="${rest##*) }"; rest="${rest#* }"  # after the state: the parent pid first
+        [[ " $* " == *" ${rest%% *} "* ]] && { stat="${stat#/proc/}"; echo "${stat%/stat}"; }
+    done
+}
 stop_children() {  # SIGTERM / SIGINT to this script: stop the SuperNode and the worker
+    # A SuperNode blocked in a gRPC call (e.g. to a SuperLink that just restarted) handles
+    # SIGTERM only when the call returns: after STOP_GRACE seconds it, its children and the
+    # worker are killed, so stopping a node never hangs.
     trap - TERM INT
-    kill -TERM $node_pid $worker_pid 2>/dev/null || true
-    wait $node_pid $worker_pid 2>/dev/null || true
+    local pids=($node_pid $worker_pid) pid alive deadline=$(( $(date +%s) + STOP_GRACE ))
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    while true; do
+        alive=()
+        for pid in "${pids[@]}"; do ! running "$pid" || alive+=("$pid"); done
+        [[ ${#alive[@]} -gt 0 && $(date +%s) -lt $deadline ]] || break
+        sleep 0.2
+    done
+    if [[ ${#alive[@]} -gt 0 ]]; then
+        log "still running ${STOP_GRACE} s after SIGTERM: killing pid(s) ${alive[*]} and their children"
+        kill -KILL $(children_of "${alive[@]}") "${alive[@]}" 2>/dev/null || true
+    fi
+    wait "${pids[@]}" 2>/dev/null || true
     exit 143
 }
 trap stop_children TERM INT

@@ -375,6 +375,52 @@ def test_warm_worker_stops_on_sigterm_within_seconds_and_with_its_supernode(tmp_
     assert "SIGTERM: stopping" in (tmp_path / "worker0.log").read_text()
 
 
+@needs_flower
+def test_a_supernode_deaf_to_sigterm_is_killed_with_its_children_after_the_grace(tmp_path):
+    """A SuperNode stuck in a call handles SIGTERM late: the script kills it, never hangs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "flower-superlink").symlink_to(BIN / "flower-superlink")
+    pids = tmp_path / "pids"
+    deaf = bin_dir / "flower-supernode"  # ignores SIGTERM, holds a child, reports both
+    deaf.write_text(
+        f"#!{sys.executable}\n"
+        "import signal, subprocess, time, os\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "time.sleep(300)\n"
+    )
+    deaf.chmod(0o755)
+    log = (tmp_path / "node.log").open("w")
+    command = ["bash", str(DEPLOY / "start-supernode.sh"), "--superlink", "127.0.0.1:1"]
+    command += ["--user", "cnn-cls", "--insecure", "--cold"]
+    env = _env(tmp_path / "home") | {"FLWR_BIN_DIR": str(bin_dir), "FEDMUSCLE_STOP_GRACE": "2"}
+    node = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (pids.exists() and " " in pids.read_text()):
+            assert time.monotonic() < deadline and node.poll() is None, (
+                tmp_path / "node.log"
+            ).read_text()
+            time.sleep(0.1)
+        supernode, child = (int(pid) for pid in pids.read_text().split())
+        started = time.monotonic()
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=15) == 143
+        assert 1 <= time.monotonic() - started < 10  # the grace counts whole seconds
+        time.sleep(0.2)  # the killed grandchild is reaped by init
+        for pid in (supernode, child):
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+            )
+        assert "killing pid(s)" in (tmp_path / "node.log").read_text()
+    finally:
+        if node.poll() is None:
+            node.kill()
+
+
 def test_flower_is_taken_from_the_interpreters_environment_else_from_path(tmp_path):
     venv, elsewhere = tmp_path / "venv" / "bin", tmp_path / "elsewhere"
     for directory in (venv, elsewhere):
