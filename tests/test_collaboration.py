@@ -573,6 +573,55 @@ def test_bootstrap_trusts_a_clear_lead_and_not_a_lucky_one():
     assert share(lucky) == share(lucky)  # seeded: the same resamples every call
 
 
+def _scored_on_every_resample(task, classes, joined, alone, target, resamples=100, seed=0):
+    """The share by definition: both models scored by torchmetrics on each resample's rows."""
+    metric = task.metric_objects(classes)[task.primary_metric]
+    generator = torch.Generator().manual_seed(seed)
+    wins = 0.0
+    for _ in range(resamples):
+        rows = torch.randint(len(target), (len(target),), generator=generator)
+        scores = []
+        for preds in (joined, alone):
+            metric.reset()
+            metric.update(preds[rows], target[rows])
+            scores.append(float(metric.compute()))
+        ours, theirs = scores
+        wins += 0.5 if math.isnan(ours) or math.isnan(theirs) or ours == theirs else ours > theirs
+    return wins / resamples
+
+
+@pytest.mark.parametrize(
+    "task_name", ["image-classification", "multi-label-classification", "semantic-segmentation"]
+)
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), count=st.integers(1, 40))
+@pytest.mark.filterwarnings("ignore")
+def test_bootstrap_share_is_each_resample_scored_by_torchmetrics(task_name, seed, count):
+    """The summed per-example states (accuracy, mIoU) give every resample's exact score."""
+    from fedmuscle_flwr.tasks import get_task
+    from fedmuscle_flwr.training.bootstrap import _per_example_states, paired_bootstrap_share
+
+    task, classes = get_task(task_name), 4
+    g = torch.Generator().manual_seed(seed)
+    if task_name == "multi-label-classification":
+        joined, alone = torch.rand(2, count, classes, generator=g)
+        target = (torch.rand(count, classes, generator=g) > 0.6).long()
+    elif task_name == "image-classification":
+        joined, alone = torch.randn(2, count, classes, generator=g)
+        target = torch.randint(classes, (count,), generator=g)
+    else:  # a few pixels ignored, classes missing from some masks
+        joined, alone = torch.randn(2, count, classes, 5, 5, generator=g)
+        target = torch.randint(classes - 1, (count, 5, 5), generator=g)
+        target[:, 0, :2] = task.ignore_index
+    # The alone model is the joined one with a few examples changed: close calls, not ties.
+    alone[: count // 2] = joined[: count // 2]
+    metric = task.metric_objects(classes)[task.primary_metric]
+    additive = _per_example_states(metric, (joined,), target) is not None
+    assert additive == (task_name != "multi-label-classification")  # mAP: scored per resample
+    expected = _scored_on_every_resample(task, classes, joined, alone, target, resamples=30)
+    assert paired_bootstrap_share(task, classes, joined, alone, target, resamples=30) == expected
+
+
 def test_bootstrap_checks_its_inputs():
     from fedmuscle_flwr.tasks import get_task
     from fedmuscle_flwr.training.bootstrap import paired_bootstrap_share
