@@ -124,7 +124,7 @@ class RunConfig:
     gate_min_scale: float = 0.0  # ... and shrink it down to this one (1: never shrinks)
     gate_criterion: str = "loss"  # loss | metric (validation primary metric, loss breaks ties)
     fallback: str = "auto"  # off | local | auto: a user also trains alone, reports the better
-    fallback_criterion: str = "metric"  # metric | loss | bootstrap (a lead surviving resampling)
+    fallback_criterion: str = "bootstrap"  # bootstrap (a lead surviving resampling) | metric | loss
     fallback_confidence: float = 0.8  # bootstrap: share of resamples the joined model must win
     partner_selection: str = "relevance"  # random | relevance (CKA) | complement (1 - CKA) | gain
     partner_exploration: float = 0.25  # all but random: chance that a partner slot is random
