@@ -101,7 +101,7 @@ def _per_example_states(
     if metric.full_state_update or metric.dist_sync_on_step:
         return None
     metric.reset()
-    if _tensor_state(metric) is None:
+    if not all(isinstance(value, Tensor) for value in metric.metric_state.values()):
         return None
     per_model = []
     for preds in models:
@@ -109,30 +109,20 @@ def _per_example_states(
         for i in range(len(target)):
             metric.reset()
             metric.update(preds[i : i + 1], target[i : i + 1])
-            for name, value in _checked_tensor_state(metric).items():
+            for name, value in _tensor_state(metric).items():
                 rows.setdefault(name, []).append(value.clone())
         per_model.append({name: torch.stack(values) for name, values in rows.items()})
     metric.reset()
     metric.update(models[0], target)
-    for name, value in _checked_tensor_state(metric).items():
+    for name, value in _tensor_state(metric).items():
         if not torch.equal(per_model[0][name].sum(0).to(value.dtype), value):
             return None
     return per_model
 
 
-def _tensor_state(metric: Metric) -> dict[str, Tensor] | None:
-    """The metric's state when every part of it is a tensor (not a list), else None."""
-    state = metric.metric_state
-    if not all(isinstance(value, Tensor) for value in state.values()):
-        return None
-    return {name: value for name, value in state.items() if isinstance(value, Tensor)}
-
-
-def _checked_tensor_state(metric: Metric) -> dict[str, Tensor]:
-    state = _tensor_state(metric)
-    if state is None:
-        raise RuntimeError(f"{type(metric).__name__}'s state stopped being tensors after update")
-    return state
+def _tensor_state(metric: Metric) -> dict[str, Tensor]:
+    """The metric's state (its caller checked that every part is a tensor, not a list)."""
+    return {name: value for name, value in metric.metric_state.items() if isinstance(value, Tensor)}
 
 
 def _resampled_scores(metric: Metric, states: dict[str, Tensor], counts: Tensor) -> list[float]:
