@@ -518,6 +518,7 @@ def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(
                 assert alone == (metrics["fallback-joined-share"] < 0.8)
             source = r_local if alone else r_joined
             assert metrics["accuracy"] == source.metrics[user]["accuracy"], (user, r_chosen.round)
+            assert metrics["joined-accuracy"] == r_joined.metrics[user]["accuracy"]
             assert metrics["train-loss"] == r_joined.metrics[user]["train-loss"]
     assert True in picks and False in picks  # both models were chosen somewhere
     with pytest.raises(ConfigError, match="validation-fraction"):
