@@ -219,11 +219,12 @@ def run_sweep(
 
 
 def _mean_std(values: Sequence[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
+    known = [v for v in values if not math.isnan(v)]
+    if not known:
         return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):+.2f} ± {std:.2f}"
+    std = statistics.stdev(known) if len(known) > 1 else 0.0
+    text = f"{statistics.fmean(known):+.2f} ± {std:.2f}"
+    return text if len(known) == len(values) else f"{text} ({len(known)} of {len(values)} seeds)"
 
 
 def _mean_metric(results: RunResults) -> float:

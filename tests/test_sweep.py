@@ -84,6 +84,11 @@ def test_the_joined_column_reads_the_joined_model_where_the_user_fell_back():
     assert raw["variants"]["v"]["delta"] == [0.0]  # what the user reports: its lone model
     assert raw["variants"]["v"]["joined"] == pytest.approx([10.0])  # a +20 %, b 0 %
     assert "| +0.00 ± 0.00 | +0.00 ± 0.00 | 0.00 | +10.00 ± 0.00 |" in table
+    before = _run(0.5, "muscle")  # a run from before the key: its joined models unknown
+    before.rounds[-1].metrics["a"] |= {"fallback-local": 1.0}
+    outcome["v"][1] = (before, _run(0.5, "local"))
+    table, _ = sweep_table([Variant("v", {})], outcome, base={})
+    assert "| +10.00 ± 0.00 (1 of 2 seeds) |" in table
 
 
 def tiny_sweep(tmp_path, *variants: str, rounds: int = 2, jobs: int = 2) -> list[str]:
