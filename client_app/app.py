@@ -54,6 +54,8 @@ def build_trainer(config: RunConfig, profile: UserProfile, federation_name: str)
         **{"task": profile.task, "num_classes": data.num_classes, "embed_dim": config.embed_dim,
            **dict(profile.model_config)},
     )  # fmt: skip
+    if config.projection != "linear":  # drawn apart: the encoder and head keep their weights
+        model.use_projection(config.projection, seed=user_seed(config, profile) + 1)
     settings = TrainSettings.for_user(config, profile)
     trainer = Trainer(
         model, data, settings, device=resolve_device(config.device), seed=user_seed(config, profile)

@@ -158,14 +158,20 @@ def render_table(summary: dict[str, Any], title: str, command: str) -> str:
 
 
 def render_delta_table(summary: dict[str, Any]) -> str:
-    """Delta vs local, worst user and share improved per column (mean +- std over seeds)."""
+    """Delta vs local, worst user, share improved, joined models' Delta (mean +- std over seeds).
+
+    The joined models' Delta is what collaboration did to each user's joined model, also
+    where the fallback reported the lone one (n/a for runs from before that was recorded).
+    """
     lines = [
-        "| algorithm | Delta vs local (%) | worst user (%) | users improved |",
-        "|---|---|---|---|",
+        "| algorithm | Delta vs local (%) | worst user (%) | users improved "
+        "| joined models' Delta (%) |",
+        "|---|---|---|---|---|",
     ]
     for name in summary["columns"][1:]:
         row = summary["deltas"].get(name, {})
-        cells = [_mean_std(row.get(key, [])) for key in ("delta", "worst", "improved")]
+        keys = ("delta", "worst", "improved", "joined")
+        cells = [_mean_std(row.get(key, [])) for key in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

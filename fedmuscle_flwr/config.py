@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from fedmuscle_flwr.algorithms import get_algorithm, list_algorithms
+from fedmuscle_flwr.models.base import PROJECTIONS
 
 __all__ = [
     "COLLABORATION_KEYS",
@@ -22,6 +23,7 @@ __all__ = [
     "GATES",
     "PARTNER_SELECTIONS",
     "PAYLOAD_FORMS",
+    "PROJECTIONS",
     "PUBLIC_NORMS",
     "ConfigError",
     "RunConfig",
@@ -54,6 +56,7 @@ COLLABORATION_KEYS = frozenset(
         "lambda-ramp-rounds",
         "contrastive-order",
         "public-norm",
+        "projection",
         "gate",
         "gate-tolerance",
         "gate-max-scale",
@@ -116,6 +119,7 @@ class RunConfig:
     contrastive_order: str = "before"  # before | after the supervised steps of a round
     public_norm: str = "train"  # train | frozen: norm statistics while encoding public data
     optimizer_state: str = "shared"  # shared | separate AdamW state for the two objectives
+    projection: str = "linear"  # linear | mlp: the map from encoder features to z
     validation_fraction: float = 0.15  # share of each user's train split held out (all algs)
     label_budget: int = 0  # labelled training examples per user; 0 = all of its share
     gate: str = "paired"  # off | validation | paired: keep contrastive steps that help
@@ -149,6 +153,7 @@ class RunConfig:
         _choice("contrastive_order", self.contrastive_order, CONTRASTIVE_ORDERS)
         _choice("public_norm", self.public_norm, PUBLIC_NORMS)
         _choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATES)
+        _choice("projection", self.projection, PROJECTIONS)
         _choice("gate", self.gate, GATES)
         _choice("partner_selection", self.partner_selection, PARTNER_SELECTIONS)
         _choice("screening", self.screening, SCREENING_MODES)

@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import math
 import os
 import shlex
 import statistics
@@ -218,10 +219,12 @@ def run_sweep(
 
 
 def _mean_std(values: Sequence[float]) -> str:
-    if not values:
+    known = [v for v in values if not math.isnan(v)]
+    if not known:
         return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):+.2f} ± {std:.2f}"
+    std = statistics.stdev(known) if len(known) > 1 else 0.0
+    text = f"{statistics.fmean(known):+.2f} ± {std:.2f}"
+    return text if len(known) == len(values) else f"{text} ({len(known)} of {len(values)} seeds)"
 
 
 def _mean_metric(results: RunResults) -> float:
@@ -238,14 +241,14 @@ def sweep_table(
     """Markdown table (one row per variant) and the raw numbers behind it."""
     lines = [
         "| variant | overrides | Delta vs local (%) | worst user (%) | users improved "
-        "| mean metric | local mean metric |",
-        "|---|---|---|---|---|---|---|",
+        "| joined models' Delta (%) | mean metric | local mean metric |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     raw: dict[str, Any] = {"base": dict(base), "variants": {}}
     for variant in variants:
         per_seed = outcome[variant.name]
         rows: dict[str, list[float]] = {
-            k: [] for k in ("delta", "worst", "improved", "metric", "local")
+            k: [] for k in ("delta", "worst", "improved", "joined", "metric", "local")
         }
         per_user: dict[str, list[float]] = {}
         attack = {**base, **variant.overrides}.get(ATTACK_KEY)
@@ -255,6 +258,7 @@ def sweep_table(
             row = delta_table(local, {variant.name: ours})[variant.name]
             for key in ("delta", "worst", "improved"):
                 rows[key].append(row[key])
+            rows["joined"].append(row["joined"])
             rows["metric"].append(_mean_metric(ours))
             rows["local"].append(_mean_metric(local))
             for user_id, change in relative_changes(local, ours).items():
@@ -269,7 +273,8 @@ def sweep_table(
         lines.append(
             f"| {variant.name} | `{toml_overrides(variant.overrides) or '-'}` "
             f"| {_mean_std(rows['delta'])} | {_mean_std(rows['worst'])} "
-            f"| {statistics.fmean(improved):.2f} | {statistics.fmean(rows['metric']):.3f} "
+            f"| {statistics.fmean(improved):.2f} | {_mean_std(rows['joined'])} "
+            f"| {statistics.fmean(rows['metric']):.3f} "
             f"| {statistics.fmean(rows['local']):.3f} |"
         )
     return "\n".join(lines), raw

@@ -336,6 +336,30 @@ def test_frozen_public_norm_leaves_batchnorm_statistics_alone():
     assert any(torch.count_nonzero(d) > 0 for d in running_stats("train").values())
 
 
+def test_mlp_projection_trains_and_leaves_the_local_baseline_unchanged():
+    profile = load_federation(TINY_FEDERATION).users[0]
+    linear = build_trainer(
+        dataclasses.replace(CONFIG, algorithm="muscle"), profile, TINY_FEDERATION
+    )
+    config = dataclasses.replace(CONFIG, algorithm="muscle", projection="mlp")
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    assert isinstance(trainer.model.projection, torch.nn.Sequential)
+    # Encoder and head start where the linear run's do (the local baseline is shared).
+    for name, value in linear.model.state_dict().items():
+        if not name.startswith("projection."):
+            assert torch.equal(trainer.model.state_dict()[name], value), name
+    # The optimiser holds the MLP's parameters, and a contrastive step moves them.
+    held = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in held for p in trainer.model.projection.parameters())
+    g = torch.Generator().manual_seed(0)
+    reps = {n: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for n in range(3)}
+    payload = build_payloads(reps, num_partners=2, tau_alpha=0.5, generator=g, device="cpu")[0]
+    before = [p.detach().clone() for p in trainer.model.projection.parameters()]
+    trainer.contrastive_update(INDICES, payload)
+    after = list(trainer.model.projection.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
 def test_separate_optimizer_state_keeps_the_task_moments_clean():
     profile = load_federation(TINY_FEDERATION).users[0]
     config = dataclasses.replace(CONFIG, algorithm="pairwise", optimizer_state="separate")
@@ -494,6 +518,7 @@ def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(
                 assert alone == (metrics["fallback-joined-share"] < 0.8)
             source = r_local if alone else r_joined
             assert metrics["accuracy"] == source.metrics[user]["accuracy"], (user, r_chosen.round)
+            assert metrics["joined-accuracy"] == r_joined.metrics[user]["accuracy"]
             assert metrics["train-loss"] == r_joined.metrics[user]["train-loss"]
     assert True in picks and False in picks  # both models were chosen somewhere
     with pytest.raises(ConfigError, match="validation-fraction"):

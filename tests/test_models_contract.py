@@ -257,6 +257,29 @@ def test_contract(name: str, task: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "task"), model_cases(all_tasks=False))
+def test_mlp_projection_keeps_the_contract_encoder_and_head(name: str, task: str) -> None:
+    linear = build(name, task, seed=0)
+    mlp = build(name, task, seed=0)
+    mlp.use_projection("mlp", seed=5)
+    assert isinstance(mlp.projection, torch.nn.Sequential) and len(mlp.projection) == 3
+    # Only the projection changed: encoder and head hold the seed's weights, so the task
+    # outputs are the linear model's exactly, while z differs.
+    z_linear, task_linear = eval_outputs(linear, task)
+    z_mlp, task_mlp = eval_outputs(mlp, task)
+    torch.testing.assert_close(task_mlp, task_linear, rtol=0, atol=0)
+    assert not torch.allclose(z_mlp, z_linear)
+    # The same seed gives the same projection, and the global RNG is left alone.
+    again = build(name, task, seed=0)
+    state = torch.get_rng_state()
+    again.use_projection("mlp", seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(eval_outputs(again, task)[0], z_mlp, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"projection must be one of \('linear', 'mlp'\)"):
+        again.use_projection("deep", seed=5)
+    check_contract(mlp, task)  # last: its train-mode passes move BatchNorm statistics
+
+
+@pytest.mark.parametrize(("name", "task"), model_cases(all_tasks=False))
 def test_lora_trains_only_adapters_projection_and_head(name: str, task: str) -> None:
     model = build(name, task, lora=LORA)
     backbone = dict(model.encoder.backbone.named_parameters())

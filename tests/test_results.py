@@ -53,6 +53,19 @@ def test_delta_worst_and_share_improved():
     assert row["worst"] == pytest.approx(-25.0)
     assert row["improved"] == pytest.approx(0.5)
     assert row["skipped"] == 1
+    assert row["joined"] == pytest.approx(-2.5)  # no fallback: the joined models reported
+
+
+def test_joined_delta_reads_the_joined_model_of_users_that_fell_back():
+    local = run({"a": 0.5, "b": 0.8}, "local")
+    other = run({"a": 0.5, "b": 0.8})
+    other.rounds[-1].metrics["a"] |= {"fallback-local": 1.0, "joined-accuracy": 0.6}
+    other.rounds[-1].metrics["b"] |= {"fallback-local": 0.0, "joined-accuracy": 0.8}
+    row = delta_table(local, {"muscle": other})["muscle"]
+    assert row["delta"] == 0.0 and row["improved"] == 0.0  # both report the local metric
+    assert row["joined"] == pytest.approx(10.0)  # a's joined model: +20 %
+    del other.rounds[-1].metrics["a"]["joined-accuracy"]  # a run from before the key
+    assert math.isnan(delta_table(local, {"muscle": other})["muscle"]["joined"])
 
 
 def test_summary_table_has_mean_and_std_over_seeds(tmp_path):

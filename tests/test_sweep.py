@@ -72,8 +72,23 @@ def test_table_rows_compare_each_variant_with_its_local_run():
                      1: (_run(0.4, "muscle"), _run(0.5, "local"))}}  # fmt: skip
     table, raw = sweep_table(variants, outcome, base={})
     # seed 0: a +20 %, b 0 % -> +10 %; seed 1: a -20 % -> -10 %
-    assert "| v | `tau=0.2` | +0.00 ± 14.14 | -10.00 ± 14.14 | 0.25 |" in table
+    assert "| v | `tau=0.2` | +0.00 ± 14.14 | -10.00 ± 14.14 | 0.25 | +0.00 ± 14.14 |" in table
     assert raw["variants"]["v"]["per_user"]["a"] == pytest.approx([20.0, -20.0])
+
+
+def test_the_joined_column_reads_the_joined_model_where_the_user_fell_back():
+    fell_back = _run(0.5, "muscle")  # "a" reports its lone model; its joined one scored 0.6
+    fell_back.rounds[-1].metrics["a"] |= {"fallback-local": 1.0, "joined-accuracy": 0.6}
+    outcome = {"v": {0: (fell_back, _run(0.5, "local"))}}
+    table, raw = sweep_table([Variant("v", {})], outcome, base={})
+    assert raw["variants"]["v"]["delta"] == [0.0]  # what the user reports: its lone model
+    assert raw["variants"]["v"]["joined"] == pytest.approx([10.0])  # a +20 %, b 0 %
+    assert "| +0.00 ± 0.00 | +0.00 ± 0.00 | 0.00 | +10.00 ± 0.00 |" in table
+    before = _run(0.5, "muscle")  # a run from before the key: its joined models unknown
+    before.rounds[-1].metrics["a"] |= {"fallback-local": 1.0}
+    outcome["v"][1] = (before, _run(0.5, "local"))
+    table, _ = sweep_table([Variant("v", {})], outcome, base={})
+    assert "| +10.00 ± 0.00 (1 of 2 seeds) |" in table
 
 
 def tiny_sweep(tmp_path, *variants: str, rounds: int = 2, jobs: int = 2) -> list[str]:

@@ -8,7 +8,9 @@ small surface); :class:`ClientModel` puts the FedMuscle parts around it:
     batch --encoder.spatial-> [(B, C_i, h_i, w_i)] --decoder----> (B, K, H, W)  dense tasks
 
 The task head reads encoder features, not the projection, so the contrastive and the
-supervised objectives share the encoder only.
+supervised objectives share the encoder only. The projection is linear by default;
+:meth:`ClientModel.use_projection` swaps in a two-layer MLP (SimCLR's projection head),
+which can discard what the partners' space asks for and the task does not need.
 """
 
 from __future__ import annotations
@@ -25,10 +27,30 @@ from fedmuscle_flwr.models.heads import DenseHead
 from fedmuscle_flwr.models.lora import LoraSettings, LoraSpec, apply_lora
 from fedmuscle_flwr.tasks import Batch, Task, get_task
 
-__all__ = ["FROZEN_DIGEST_KEY", "ClientModel", "Encoder", "Modality"]
+__all__ = [
+    "FROZEN_DIGEST_KEY",
+    "PROJECTIONS",
+    "ClientModel",
+    "Encoder",
+    "Modality",
+    "make_projection",
+]
 
 Modality = str  # "image" | "text"; also the batch key the encoder reads
 FROZEN_DIGEST_KEY = "__frozen_digest__"
+#: Kinds of projection from the encoder's pooled features to the shared dimension d.
+PROJECTIONS = ("linear", "mlp")
+
+
+def make_projection(in_features: int, embed_dim: int, kind: str = "linear") -> nn.Module:
+    """The projection F -> d: ``"linear"``, or ``"mlp"`` (Linear F->F, ReLU, Linear F->d)."""
+    if kind == "linear":
+        return nn.Linear(in_features, embed_dim)
+    if kind == "mlp":
+        return nn.Sequential(
+            nn.Linear(in_features, in_features), nn.ReLU(), nn.Linear(in_features, embed_dim)
+        )
+    raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}")
 
 
 class Encoder(nn.Module, ABC):
@@ -140,7 +162,7 @@ class ClientModel(nn.Module):
         self.lora = settings
         self.config: dict[str, Any] = {}
         self.encoder = encoder
-        self.projection = nn.Linear(encoder.num_features, self.embed_dim)
+        self.projection: nn.Module = make_projection(encoder.num_features, self.embed_dim)
         self.head: nn.Module
         if task_type.head == "dense":
             if not encoder.spatial_channels:
@@ -151,6 +173,18 @@ class ClientModel(nn.Module):
             self.head = DenseHead(encoder.spatial_channels, self.num_classes, int(decoder_dim))
         else:
             self.head = nn.Linear(encoder.num_features, self.num_classes)
+
+    def use_projection(self, kind: str, *, seed: int) -> None:
+        """Replace the projection by a new one of ``kind`` (:data:`PROJECTIONS`).
+
+        Built under ``seed`` with the global RNG state left as it was, so the encoder and
+        the head keep the weights they were built with. Call before an optimiser is made.
+        """
+        device = next(self.projection.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            projection = make_projection(self.encoder.num_features, self.embed_dim, kind)
+        self.projection = projection.to(device)
 
     # ------------------------------------------------------------------ forward passes
     def encode_public(self, batch: Batch) -> Tensor:

@@ -306,12 +306,16 @@ class Trainer:
         ``fallback-confidence`` of the paired resamples of the validation split, recorded as
         ``fallback-joined-share``), with ``fallback-local`` 1 when it is the one trained
         alone (the joined model still trains on and represents the user to its partners).
+        ``joined-<primary metric>`` is the joined model's, whichever is kept: what
+        collaboration did to the model, beside what the user reports.
         """
         if self.fallback is None:
             return self._metrics()
         decision = self._fallback_decision(self.fallback)
-        kept = self.fallback if decision["fallback-local"] else self
-        return kept._metrics() | decision
+        joined = self._metrics()
+        metrics = self.fallback._metrics() if decision["fallback-local"] else joined
+        primary = self.model.task_type.primary_metric
+        return metrics | decision | {f"joined-{primary}": joined[primary]}
 
     def _fallback_decision(self, fallback: Trainer) -> dict[str, float]:
         if self.settings.fallback_criterion == "bootstrap":
