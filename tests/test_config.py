@@ -35,7 +35,7 @@ def test_pyproject_run_config_lists_every_key_with_the_defaults():
         ("contrastive-order", "during", "contrastive-order must be one of"),
         ("public-norm", "batch", "public-norm must be one of"),
         ("optimizer-state", "split", "optimizer-state must be one of"),
-        ("projection", "deep", r"projection must be one of \('linear', 'mlp'\)"),
+        ("projection", "deep", r"projection must be one of \['linear', 'mlp'\]"),
         ("gate", "always", "gate must be one of"),
         ("partner-selection", "best", "partner-selection must be one of"),
         ("warmup-rounds", -1, "warmup-rounds must be >= 0"),
