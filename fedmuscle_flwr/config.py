@@ -65,6 +65,7 @@ COLLABORATION_KEYS = frozenset(
         "fallback",
         "fallback-criterion",
         "fallback-confidence",
+        "fallback-window",
         "partner-selection",
         "partner-exploration",
         "optimizer-state",
@@ -130,6 +131,7 @@ class RunConfig:
     fallback: str = "auto"  # off | local | auto: a user also trains alone, reports the better
     fallback_criterion: str = "bootstrap"  # bootstrap (a lead surviving resampling) | metric | loss
     fallback_confidence: float = 0.8  # bootstrap: share of resamples the joined model must win
+    fallback_window: int = 1  # bootstrap: rounds of validation outputs pooled per decision
     partner_selection: str = "relevance"  # random | relevance (CKA) | complement (1 - CKA) | gain
     partner_exploration: float = 0.25  # all but random: chance that a partner slot is random
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
@@ -172,6 +174,7 @@ class RunConfig:
             )
         for name in ("warmup_rounds", "lambda_ramp_rounds", "label_budget"):
             _at_least(name, getattr(self, name), 0)
+        _at_least("fallback_window", self.fallback_window, 1)
         if not 0 <= self.validation_fraction < 1:
             raise ConfigError(
                 f"validation-fraction must be in [0, 1), got {self.validation_fraction!r}"

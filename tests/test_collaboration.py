@@ -598,13 +598,44 @@ def test_bootstrap_trusts_a_clear_lead_and_not_a_lucky_one():
     assert share(lucky) == share(lucky)  # seeded: the same resamples every call
 
 
-def _scored_on_every_resample(task, classes, joined, alone, target, resamples=100, seed=0):
-    """The share by definition: both models scored by torchmetrics on each resample's rows."""
+def test_bootstrap_window_trusts_a_lead_held_over_rounds_not_one_round():
+    """fallback-window: a lead kept over the window's rounds counts, where the last round
+    alone is a tie; a lead of the last round alone, after rounds behind, does not."""
+    from fedmuscle_flwr.tasks import get_task
+    from fedmuscle_flwr.training.bootstrap import paired_bootstrap_share
+
+    task = get_task("image-classification")
+    base = [True] * 12 + [False] * 28  # the lone model, the same in every round
+    ahead = [True] * 12 + [True] * 4 + [False] * 24  # right on 4 more, wrong on none more
+    behind = [False] * 4 + [True] * 8 + [False] * 28  # wrong on 4 the lone model gets
+
+    def share(*rounds: list[bool]) -> float:
+        joined = torch.cat([_accuracy_inputs(correct)[0] for correct in rounds])
+        alone, target = _accuracy_inputs(base)
+        alone, target = alone.repeat(len(rounds), 1), target.repeat(len(rounds))
+        return paired_bootstrap_share(task, 3, joined, alone, target, rounds=len(rounds))
+
+    assert share(base) == 0.5  # the last round alone: a tie
+    assert share(ahead, ahead, base) > 0.9  # two rounds ahead, then a tie
+    assert share(behind, behind, ahead) < 0.5  # ahead only in the last round
+    # Rounds that repeat one another add no confidence: the examples are what is resampled.
+    lucky = [True] * 11 + [False] + [True, True] + [False] * 26  # one ahead, by a swap
+    assert 0.5 < share(lucky) < 0.8
+    assert share(lucky, lucky, lucky) == share(lucky)
+
+
+def _scored_on_every_resample(
+    task, classes, joined, alone, target, resamples=100, seed=0, rounds=1
+):
+    """The share by definition: both models scored by torchmetrics on each resample's rows
+    (with ``rounds``: each drawn example's rows in every round)."""
     metric = task.metric_objects(classes)[task.primary_metric]
     generator = torch.Generator().manual_seed(seed)
+    count = len(target) // rounds
     wins = 0.0
     for _ in range(resamples):
-        rows = torch.randint(len(target), (len(target),), generator=generator)
+        drawn = torch.randint(count, (count,), generator=generator)
+        rows = torch.cat([drawn + r * count for r in range(rounds)])
         scores = []
         for preds in (joined, alone):
             metric.reset()
@@ -619,15 +650,17 @@ def _scored_on_every_resample(task, classes, joined, alone, target, resamples=10
     "task_name", ["image-classification", "multi-label-classification", "semantic-segmentation"]
 )
 @settings(max_examples=6, deadline=None)
-@given(seed=st.integers(0, 2**16), count=st.integers(1, 40))
+@given(seed=st.integers(0, 2**16), examples=st.integers(1, 40), rounds=st.integers(1, 3))
 @pytest.mark.filterwarnings("ignore")
-def test_bootstrap_share_is_each_resample_scored_by_torchmetrics(task_name, seed, count):
-    """The summed per-example states (accuracy, mIoU) give every resample's exact score."""
+def test_bootstrap_share_is_each_resample_scored_by_torchmetrics(task_name, seed, examples, rounds):
+    """The summed per-example states (accuracy, mIoU) give every resample's exact score,
+    of one round or of a window of rounds."""
     from fedmuscle_flwr.tasks import get_task
     from fedmuscle_flwr.training.bootstrap import _per_example_states, paired_bootstrap_share
 
     task, classes = get_task(task_name), 4
     g = torch.Generator().manual_seed(seed)
+    count = examples * rounds  # rows: every example once per round
     if task_name == "multi-label-classification":
         joined, alone = torch.rand(2, count, classes, generator=g)
         target = (torch.rand(count, classes, generator=g) > 0.6).long()
@@ -638,13 +671,19 @@ def test_bootstrap_share_is_each_resample_scored_by_torchmetrics(task_name, seed
         joined, alone = torch.randn(2, count, classes, 5, 5, generator=g)
         target = torch.randint(classes - 1, (count, 5, 5), generator=g)
         target[:, 0, :2] = task.ignore_index
+    target = target[:examples].repeat(rounds, *([1] * (target.dim() - 1)))  # the same examples
     # The alone model is the joined one with a few examples changed: close calls, not ties.
     alone[: count // 2] = joined[: count // 2]
     metric = task.metric_objects(classes)[task.primary_metric]
     additive = _per_example_states(metric, (joined,), target) is not None
     assert additive == (task_name != "multi-label-classification")  # mAP: scored per resample
-    expected = _scored_on_every_resample(task, classes, joined, alone, target, resamples=30)
-    assert paired_bootstrap_share(task, classes, joined, alone, target, resamples=30) == expected
+    expected = _scored_on_every_resample(
+        task, classes, joined, alone, target, resamples=30, rounds=rounds
+    )
+    share = paired_bootstrap_share(
+        task, classes, joined, alone, target, resamples=30, rounds=rounds
+    )
+    assert share == expected
 
 
 def test_bootstrap_checks_its_inputs():
@@ -657,3 +696,5 @@ def test_bootstrap_checks_its_inputs():
         paired_bootstrap_share(task, 3, preds[:2], preds, target)
     with pytest.raises(ValueError, match="resamples"):
         paired_bootstrap_share(task, 3, preds, preds, target, resamples=0)
+    with pytest.raises(ValueError, match="rounds must be >= 1 and divide the 3 rows"):
+        paired_bootstrap_share(task, 3, preds, preds, target, rounds=2)

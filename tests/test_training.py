@@ -127,3 +127,45 @@ def test_random_state_leaves_the_process_generator_as_it_was():
     with trainer.random_state():
         pass
     assert torch.equal(trainer.rng_state["cpu"], saved)  # nothing drawn, nothing advanced
+
+
+def test_fallback_window_pools_the_last_rounds_and_is_kept_in_the_state():
+    """fallback-window = 2: each decision is the paired bootstrap of the last two rounds'
+    validation outputs, and a trainer restored from its state pools the same rounds."""
+    import io
+
+    from fedmuscle_flwr.training.bootstrap import paired_bootstrap_share
+
+    config = dataclasses.replace(CONFIG, validation_fraction=0.3, fallback_window=2)
+    profile = load_federation(TINY_FEDERATION).users[0]
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    assert trainer.fallback is not None and trainer.settings.fallback_window == 2
+    outputs = []
+    for _ in range(3):
+        with trainer.random_state():
+            trainer.train_round(INDICES, partners_payload(), weight=1.0)
+        (joined, target), (alone, _) = (
+            trainer.validation_outputs(),
+            trainer.fallback.validation_outputs(),
+        )
+        outputs.append((joined, alone))
+        share = trainer.evaluate()["fallback-joined-share"]
+    assert not torch.equal(outputs[1][0], outputs[2][0])  # the rounds differ
+    expected = paired_bootstrap_share(
+        trainer.model.task_type, trainer.model.num_classes,
+        torch.cat([outputs[1][0], outputs[2][0]]), torch.cat([outputs[1][1], outputs[2][1]]),
+        target.repeat(2), rounds=2,
+    )  # fmt: skip
+    assert share == expected and len(trainer.fallback_outputs) == 2
+
+    buffer = io.BytesIO()  # through bytes, as the client's state store keeps it
+    torch.save(trainer.state_dict(), buffer)
+    buffer.seek(0)
+    restored = build_trainer(config, profile, TINY_FEDERATION)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    for pooled, kept in zip(restored.fallback_outputs, outputs[1:], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(pooled, kept, strict=True))
+    for user in (trainer, restored):
+        with user.random_state():
+            user.train_round(INDICES, partners_payload(), weight=1.0)
+    assert restored.evaluate() == trainer.evaluate()

@@ -42,6 +42,7 @@ def paired_bootstrap_share(
     *,
     resamples: int = RESAMPLES,
     seed: int = 0,
+    rounds: int = 1,
 ) -> float:
     """Share of paired resamples on which ``joined`` scores higher than ``alone``.
 
@@ -51,18 +52,29 @@ def paired_bootstrap_share(
     generator seeded with ``seed`` (so the same resamples every call, and no draw from any
     training random state), and scores both models on the task's primary metric; a tie, or
     a metric undefined on a resample, counts one half.
+
+    With ``rounds`` > 1 the inputs hold that many rounds' outputs of the same examples, one
+    block of examples after another (round-major); a resample draws examples as above and
+    scores each drawn example's rows of every round together.
     """
-    count = len(target)
-    if count == 0 or len(joined) != count or len(alone) != count:
+    total = len(target)
+    if total == 0 or len(joined) != total or len(alone) != total:
         raise ValueError(
             f"joined, alone and target must hold the same examples (at least one), got "
-            f"{len(joined)}, {len(alone)} and {count}"
+            f"{len(joined)}, {len(alone)} and {total}"
         )
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
+    if rounds < 1 or total % rounds:
+        raise ValueError(f"rounds must be >= 1 and divide the {total} rows, got {rounds}")
+    count = total // rounds
     metric = task.metric_objects(num_classes)[task.primary_metric]
     generator = torch.Generator().manual_seed(seed)
-    draws = [torch.randint(count, (count,), generator=generator) for _ in range(resamples)]
+    offsets = torch.arange(rounds) * count  # the rows of one example in every round
+    draws = [
+        (torch.randint(count, (count,), generator=generator) + offsets[:, None]).reshape(-1)
+        for _ in range(resamples)
+    ]
     with warnings.catch_warnings():  # a resample may miss a label: torchmetrics warns
         warnings.simplefilter("ignore")
         states = _per_example_states(metric, (joined, alone), target)
@@ -70,7 +82,7 @@ def paired_bootstrap_share(
             pairs = [(_score(metric, joined, target, rows), _score(metric, alone, target, rows))
                      for rows in draws]  # fmt: skip
         else:  # additive states: a resample's state is its rows' states, summed
-            counts = torch.stack([torch.bincount(rows, minlength=count) for rows in draws])
+            counts = torch.stack([torch.bincount(rows, minlength=total) for rows in draws])
             joined_scores, alone_scores = (_resampled_scores(metric, m, counts) for m in states)
             pairs = list(zip(joined_scores, alone_scores, strict=True))
     wins = 0.0

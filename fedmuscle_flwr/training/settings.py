@@ -35,6 +35,7 @@ class TrainSettings:
     gate_criterion: str = "loss"  # or "metric": the validation primary metric, loss breaks ties
     fallback_criterion: str = "loss"  # how evaluate() picks between joined and alone
     fallback_confidence: float = 0.8  # bootstrap: share of resamples the joined must win
+    fallback_window: int = 1  # bootstrap: rounds of validation outputs pooled per decision
     dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     private_steps: int = 0  # the most DP steps the run can take (sets the noise)
@@ -68,6 +69,7 @@ class TrainSettings:
             gate_criterion=config.gate_criterion,
             fallback_criterion=config.fallback_criterion,
             fallback_confidence=config.fallback_confidence,
+            fallback_window=config.fallback_window,
             dp=config.dp,
             privacy=PrivacySettings(
                 epsilon=config.dp_epsilon,

@@ -106,6 +106,8 @@ class Trainer:
         # fallback = "local": the same user trained alone, step for step as its local
         # baseline would be; evaluate() reports whichever model is better on validation.
         self.fallback: Trainer | None = None
+        # fallback-window: the last rounds' validation outputs (joined, alone) it pools
+        self.fallback_outputs: list[tuple[Tensor, Tensor]] = []
 
     # ------------------------------------------------------------------ round steps
 
@@ -303,11 +305,12 @@ class Trainer:
         the joined model and the model trained alone is better on the validation split
         (``fallback-criterion``: the lower loss; the higher primary metric with the loss
         breaking ties; or ``bootstrap``, a higher primary metric on at least
-        ``fallback-confidence`` of the paired resamples of the validation split, recorded as
-        ``fallback-joined-share``), with ``fallback-local`` 1 when it is the one trained
-        alone (the joined model still trains on and represents the user to its partners).
-        ``joined-<primary metric>`` is the joined model's, whichever is kept: what
-        collaboration did to the model, beside what the user reports.
+        ``fallback-confidence`` of the paired resamples of the validation split, pooled over
+        the last ``fallback-window`` rounds, recorded as ``fallback-joined-share``), with
+        ``fallback-local`` 1 when it is the one trained alone (the joined model still trains
+        on and represents the user to its partners). ``joined-<primary metric>`` is the
+        joined model's, whichever is kept: what collaboration did to the model, beside what
+        the user reports.
         """
         if self.fallback is None:
             return self._metrics()
@@ -325,13 +328,27 @@ class Trainer:
         return {"fallback-local": float(self._fallback_is_better(fallback))}
 
     def _joined_share(self, fallback: Trainer) -> float:
-        """Share of paired validation resamples on which this model beats ``fallback``."""
+        """Share of paired validation resamples on which this model beats ``fallback``.
+
+        Pooled over this round and the ones before it, up to ``fallback-window`` rounds
+        (:attr:`fallback_outputs` keeps them).
+        """
         joined, target = self.validation_outputs()
         alone, target_alone = fallback.validation_outputs()
         if not torch.equal(target, target_alone):
             raise RuntimeError("the joined and the lone model hold different validation splits")
+        window = self.settings.fallback_window
+        self.fallback_outputs = [*self.fallback_outputs, (joined, alone)][-window:]
+        rounds = len(self.fallback_outputs)
         task = self.model.task_type
-        return paired_bootstrap_share(task, self.model.num_classes, joined, alone, target)
+        return paired_bootstrap_share(
+            task,
+            self.model.num_classes,
+            torch.cat([pair[0] for pair in self.fallback_outputs]),
+            torch.cat([pair[1] for pair in self.fallback_outputs]),
+            target.repeat(rounds, *([1] * (target.dim() - 1))),
+            rounds=rounds,
+        )
 
     @torch.no_grad()
     def validation_outputs(self) -> tuple[Tensor, Tensor]:
@@ -395,6 +412,7 @@ class Trainer:
             "gate_scale": self.gate_scale,
             "privacy": None if self.private is None else self.private.state_dict(),
             "fallback": None if self.fallback is None else self.fallback.state_dict(),
+            "fallback_outputs": list(self.fallback_outputs),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -414,6 +432,7 @@ class Trainer:
             if not state.get("fallback"):
                 raise ValueError("the saved state has no fallback model (saved with fallback off)")
             self.fallback.load_state_dict(state["fallback"])
+        self.fallback_outputs = [tuple(pair) for pair in state.get("fallback_outputs", [])]
 
     # ------------------------------------------------------------------ helpers
 
