@@ -106,7 +106,8 @@ class Trainer:
         # fallback = "local": the same user trained alone, step for step as its local
         # baseline would be; evaluate() reports whichever model is better on validation.
         self.fallback: Trainer | None = None
-        # fallback-window: the last rounds' validation outputs (joined, alone) it pools
+        # fallback-window: validation outputs (joined, alone) of the rounds that the next
+        # decision pools besides its own (at most fallback-window - 1; none by default)
         self.fallback_outputs: list[tuple[Tensor, Tensor]] = []
 
     # ------------------------------------------------------------------ round steps
@@ -331,21 +332,23 @@ class Trainer:
         """Share of paired validation resamples on which this model beats ``fallback``.
 
         Pooled over this round and the ones before it, up to ``fallback-window`` rounds
-        (:attr:`fallback_outputs` keeps them).
+        (:attr:`fallback_outputs` keeps those the next decision needs, and only those: a
+        segmentation user's outputs are its validation logits, megabytes in its state).
         """
         joined, target = self.validation_outputs()
         alone, target_alone = fallback.validation_outputs()
         if not torch.equal(target, target_alone):
             raise RuntimeError("the joined and the lone model hold different validation splits")
         window = self.settings.fallback_window
-        self.fallback_outputs = [*self.fallback_outputs, (joined, alone)][-window:]
-        rounds = len(self.fallback_outputs)
+        pooled = [*self.fallback_outputs, (joined, alone)][-window:]
+        self.fallback_outputs = pooled[1:] if len(pooled) == window else pooled
+        rounds = len(pooled)
         task = self.model.task_type
         return paired_bootstrap_share(
             task,
             self.model.num_classes,
-            torch.cat([pair[0] for pair in self.fallback_outputs]),
-            torch.cat([pair[1] for pair in self.fallback_outputs]),
+            torch.cat([pair[0] for pair in pooled]),
+            torch.cat([pair[1] for pair in pooled]),
             target.repeat(rounds, *([1] * (target.dim() - 1))),
             rounds=rounds,
         )
