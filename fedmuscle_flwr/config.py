@@ -66,6 +66,7 @@ COLLABORATION_KEYS = frozenset(
         "fallback-criterion",
         "fallback-confidence",
         "fallback-window",
+        "fallback-last-share",
         "partner-selection",
         "partner-exploration",
         "optimizer-state",
@@ -132,6 +133,7 @@ class RunConfig:
     fallback_criterion: str = "bootstrap"  # bootstrap (a lead surviving resampling) | metric | loss
     fallback_confidence: float = 0.8  # bootstrap: share of resamples the joined model must win
     fallback_window: int = 1  # bootstrap: rounds of validation outputs pooled per decision
+    fallback_last_share: float = 0.0  # bootstrap: share the joined must also win in the last round
     partner_selection: str = "relevance"  # random | relevance (CKA) | complement (1 - CKA) | gain
     partner_exploration: float = 0.25  # all but random: chance that a partner slot is random
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
@@ -190,6 +192,11 @@ class RunConfig:
         if not 0.5 <= self.fallback_confidence < 1:
             raise ConfigError(
                 f"fallback-confidence must be in [0.5, 1), got {self.fallback_confidence!r}"
+            )
+        if not 0 <= self.fallback_last_share < 1:
+            raise ConfigError(
+                f"fallback-last-share must be in [0, 1) (0: no such condition), "
+                f"got {self.fallback_last_share!r}"
             )
         if not 0 <= self.gate_min_scale <= 1:
             raise ConfigError(f"gate-min-scale must be in [0, 1], got {self.gate_min_scale!r}")

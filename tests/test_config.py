@@ -49,6 +49,7 @@ def test_pyproject_run_config_lists_every_key_with_the_defaults():
         ("fallback-criterion", "vote", "fallback-criterion must be one of"),
         ("fallback-confidence", 1.0, r"fallback-confidence must be in \[0.5, 1\)"),
         ("fallback-window", 0, "fallback-window must be >= 1"),
+        ("fallback-last-share", 1.0, r"fallback-last-share must be in \[0, 1\)"),
         ("num-partners", 0, "num-partners must be >= 1"),
         ("public-batch-size", 1, "public-batch-size must be >= 2"),
         ("tau", 0.0, "tau must be a positive number"),

@@ -169,3 +169,35 @@ def test_fallback_window_pools_the_last_rounds_and_is_kept_in_the_state():
         with user.random_state():
             user.train_round(INDICES, partners_payload(), weight=1.0)
     assert restored.evaluate() == trainer.evaluate()
+
+
+def test_fallback_last_share_drops_a_pooled_lead_lost_in_the_last_round(monkeypatch):
+    """fallback-last-share: a lead pooled over the window that the last round lost falls
+    back; without the condition the same outputs keep the joined model."""
+    profile = load_federation(TINY_FEDERATION).users[0]
+    classes = build_trainer(CONFIG, profile, TINY_FEDERATION).model.num_classes
+    target = torch.arange(40) % classes
+
+    def outputs(correct: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        predicted = torch.where(torch.tensor(correct), target, (target + 1) % classes)
+        return F.one_hot(predicted, classes).float(), target
+
+    base = [True] * 12 + [False] * 28  # the lone model in every round
+    ahead = [True] * 16 + [False] * 24  # right on 4 more, wrong on none more
+    slip = [False] + [True] * 11 + [False] * 28  # wrong on one the lone model gets
+    decisions = {}
+    for last_share in (0.0, 0.5):
+        config = dataclasses.replace(
+            CONFIG, validation_fraction=0.3, fallback_window=3, fallback_last_share=last_share
+        )
+        trainer = build_trainer(config, profile, TINY_FEDERATION)
+        assert trainer.fallback is not None
+        monkeypatch.setattr(trainer.fallback, "validation_outputs", lambda: outputs(base))
+        for joined in (ahead, ahead, slip):
+            monkeypatch.setattr(trainer, "validation_outputs", lambda j=joined: outputs(j))
+            decisions[last_share] = trainer._fallback_decision(trainer.fallback)
+    assert decisions[0.0]["fallback-joined-share"] >= 0.8  # the pooled lead is trusted
+    assert decisions[0.0]["fallback-local"] == 0.0 and "fallback-last-share" not in decisions[0.0]
+    assert decisions[0.5]["fallback-joined-share"] == decisions[0.0]["fallback-joined-share"]
+    assert decisions[0.5]["fallback-last-share"] < 0.5  # the last round alone: behind
+    assert decisions[0.5]["fallback-local"] == 1.0

@@ -36,6 +36,7 @@ class TrainSettings:
     fallback_criterion: str = "loss"  # how evaluate() picks between joined and alone
     fallback_confidence: float = 0.8  # bootstrap: share of resamples the joined must win
     fallback_window: int = 1  # bootstrap: rounds of validation outputs pooled per decision
+    fallback_last_share: float = 0.0  # bootstrap: share the joined must win in the last round
     dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     private_steps: int = 0  # the most DP steps the run can take (sets the noise)
@@ -70,6 +71,7 @@ class TrainSettings:
             fallback_criterion=config.fallback_criterion,
             fallback_confidence=config.fallback_confidence,
             fallback_window=config.fallback_window,
+            fallback_last_share=config.fallback_last_share,
             dp=config.dp,
             privacy=PrivacySettings(
                 epsilon=config.dp_epsilon,

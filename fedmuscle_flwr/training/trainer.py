@@ -307,7 +307,9 @@ class Trainer:
         (``fallback-criterion``: the lower loss; the higher primary metric with the loss
         breaking ties; or ``bootstrap``, a higher primary metric on at least
         ``fallback-confidence`` of the paired resamples of the validation split, pooled over
-        the last ``fallback-window`` rounds, recorded as ``fallback-joined-share``), with
+        the last ``fallback-window`` rounds, recorded as ``fallback-joined-share``, and, with
+        ``fallback-last-share`` > 0, at least that share of this round's resamples alone,
+        recorded as ``fallback-last-share``), with
         ``fallback-local`` 1 when it is the one trained alone (the joined model still trains
         on and represents the user to its partners). ``joined-<primary metric>`` is the
         joined model's, whichever is kept: what collaboration did to the model, beside what
@@ -323,17 +325,23 @@ class Trainer:
 
     def _fallback_decision(self, fallback: Trainer) -> dict[str, float]:
         if self.settings.fallback_criterion == "bootstrap":
-            share = self._joined_share(fallback)
+            share, last = self._joined_shares(fallback)
+            decision = {"fallback-joined-share": share}
             alone = share < self.settings.fallback_confidence
-            return {"fallback-local": float(alone), "fallback-joined-share": share}
+            if last is not None:
+                alone = alone or last < self.settings.fallback_last_share
+                decision["fallback-last-share"] = last
+            return {"fallback-local": float(alone)} | decision
         return {"fallback-local": float(self._fallback_is_better(fallback))}
 
-    def _joined_share(self, fallback: Trainer) -> float:
-        """Share of paired validation resamples on which this model beats ``fallback``.
+    def _joined_shares(self, fallback: Trainer) -> tuple[float, float | None]:
+        """Shares of paired validation resamples on which this model beats ``fallback``.
 
-        Pooled over this round and the ones before it, up to ``fallback-window`` rounds
-        (:attr:`fallback_outputs` keeps those the next decision needs, and only those: a
-        segmentation user's outputs are its validation logits, megabytes in its state).
+        The first is pooled over this round and the ones before it, up to
+        ``fallback-window`` rounds (:attr:`fallback_outputs` keeps those the next decision
+        needs, and only those: a segmentation user's outputs are its validation logits,
+        megabytes in its state). The second is this round's alone, where
+        ``fallback-last-share`` asks for it (None otherwise).
         """
         joined, target = self.validation_outputs()
         alone, target_alone = fallback.validation_outputs()
@@ -343,15 +351,20 @@ class Trainer:
         pooled = [*self.fallback_outputs, (joined, alone)][-window:]
         self.fallback_outputs = pooled[1:] if len(pooled) == window else pooled
         rounds = len(pooled)
-        task = self.model.task_type
-        return paired_bootstrap_share(
+        task, num_classes = self.model.task_type, self.model.num_classes
+        share = paired_bootstrap_share(
             task,
-            self.model.num_classes,
+            num_classes,
             torch.cat([pair[0] for pair in pooled]),
             torch.cat([pair[1] for pair in pooled]),
             target.repeat(rounds, *([1] * (target.dim() - 1))),
             rounds=rounds,
         )
+        if self.settings.fallback_last_share == 0:
+            return share, None
+        if rounds == 1:
+            return share, share
+        return share, paired_bootstrap_share(task, num_classes, joined, alone, target)
 
     @torch.no_grad()
     def validation_outputs(self) -> tuple[Tensor, Tensor]:
