@@ -171,9 +171,10 @@ def test_fallback_window_pools_the_last_rounds_and_is_kept_in_the_state():
     assert restored.evaluate() == trainer.evaluate()
 
 
-def test_fallback_last_share_drops_a_pooled_lead_lost_in_the_last_round(monkeypatch):
-    """fallback-last-share: a lead pooled over the window that the last round lost falls
-    back; without the condition the same outputs keep the joined model."""
+def test_fallback_window_trusts_a_lead_held_over_it_unless_this_round_lost(monkeypatch):
+    """fallback-window = 3: the joined model is kept on a lead that survives resampling
+    pooled over the window, not on one of this round alone; fallback-last-share drops a
+    window's lead that this round lost."""
     profile = load_federation(TINY_FEDERATION).users[0]
     classes = build_trainer(CONFIG, profile, TINY_FEDERATION).model.num_classes
     target = torch.arange(40) % classes
@@ -184,20 +185,27 @@ def test_fallback_last_share_drops_a_pooled_lead_lost_in_the_last_round(monkeypa
 
     base = [True] * 12 + [False] * 28  # the lone model in every round
     ahead = [True] * 16 + [False] * 24  # right on 4 more, wrong on none more
+    behind = [False] * 4 + [True] * 8 + [False] * 28  # wrong on 4 the lone model gets
     slip = [False] + [True] * 11 + [False] * 28  # wrong on one the lone model gets
-    decisions = {}
-    for last_share in (0.0, 0.5):
+
+    def decide(rounds: list[list[bool]], last_share: float) -> dict[str, float]:
         config = dataclasses.replace(
             CONFIG, validation_fraction=0.3, fallback_window=3, fallback_last_share=last_share
         )
         trainer = build_trainer(config, profile, TINY_FEDERATION)
         assert trainer.fallback is not None
         monkeypatch.setattr(trainer.fallback, "validation_outputs", lambda: outputs(base))
-        for joined in (ahead, ahead, slip):
+        for joined in rounds:
             monkeypatch.setattr(trainer, "validation_outputs", lambda j=joined: outputs(j))
-            decisions[last_share] = trainer._fallback_decision(trainer.fallback)
-    assert decisions[0.0]["fallback-joined-share"] >= 0.8  # the pooled lead is trusted
-    assert decisions[0.0]["fallback-local"] == 0.0 and "fallback-last-share" not in decisions[0.0]
-    assert decisions[0.5]["fallback-joined-share"] == decisions[0.0]["fallback-joined-share"]
-    assert decisions[0.5]["fallback-last-share"] < 0.5  # the last round alone: behind
-    assert decisions[0.5]["fallback-local"] == 1.0
+            decision = trainer._fallback_decision(trainer.fallback)
+        return decision
+
+    held = decide([ahead, ahead, slip], 0.0)  # the window's lead, this round one behind
+    assert held["fallback-joined-share"] >= 0.8 and held["fallback-last-share"] < 0.5
+    assert held["fallback-local"] == 0.0
+    guarded = decide([ahead, ahead, slip], 0.5)
+    assert guarded["fallback-joined-share"] == held["fallback-joined-share"]
+    assert guarded["fallback-local"] == 1.0  # this round lost: the lone model
+    late = decide([behind, behind, ahead], 0.0)  # this round's lead alone
+    assert late["fallback-joined-share"] < 0.8 <= late["fallback-last-share"]
+    assert late["fallback-local"] == 1.0

@@ -307,9 +307,9 @@ class Trainer:
         (``fallback-criterion``: the lower loss; the higher primary metric with the loss
         breaking ties; or ``bootstrap``, a higher primary metric on at least
         ``fallback-confidence`` of the paired resamples of the validation split, pooled over
-        the last ``fallback-window`` rounds, recorded as ``fallback-joined-share``, and, with
-        ``fallback-last-share`` > 0, at least that share of this round's resamples alone,
-        recorded as ``fallback-last-share``), with
+        the last ``fallback-window`` rounds, recorded as ``fallback-joined-share``, and at
+        least ``fallback-last-share`` of this round's alone, recorded as
+        ``fallback-last-share`` with a window), with
         ``fallback-local`` 1 when it is the one trained alone (the joined model still trains
         on and represents the user to its partners). ``joined-<primary metric>`` is the
         joined model's, whichever is kept: what collaboration did to the model, beside what
@@ -325,23 +325,23 @@ class Trainer:
 
     def _fallback_decision(self, fallback: Trainer) -> dict[str, float]:
         if self.settings.fallback_criterion == "bootstrap":
-            share, last = self._joined_shares(fallback)
-            decision = {"fallback-joined-share": share}
-            alone = share < self.settings.fallback_confidence
-            if last is not None:
-                alone = alone or last < self.settings.fallback_last_share
+            pooled, last = self._joined_shares(fallback)
+            keep = pooled >= self.settings.fallback_confidence  # a lead held over the window
+            keep = keep and last >= self.settings.fallback_last_share  # ... not lost in this round
+            decision = {"fallback-local": float(not keep), "fallback-joined-share": pooled}
+            if self.settings.fallback_window > 1:
                 decision["fallback-last-share"] = last
-            return {"fallback-local": float(alone)} | decision
+            return decision
         return {"fallback-local": float(self._fallback_is_better(fallback))}
 
-    def _joined_shares(self, fallback: Trainer) -> tuple[float, float | None]:
+    def _joined_shares(self, fallback: Trainer) -> tuple[float, float]:
         """Shares of paired validation resamples on which this model beats ``fallback``.
 
         The first is pooled over this round and the ones before it, up to
         ``fallback-window`` rounds (:attr:`fallback_outputs` keeps those the next decision
         needs, and only those: a segmentation user's outputs are its validation logits,
-        megabytes in its state). The second is this round's alone, where
-        ``fallback-last-share`` asks for it (None otherwise).
+        megabytes in its state); the second is this round's alone (the same number while
+        the window holds one round).
         """
         joined, target = self.validation_outputs()
         alone, target_alone = fallback.validation_outputs()
@@ -360,8 +360,6 @@ class Trainer:
             target.repeat(rounds, *([1] * (target.dim() - 1))),
             rounds=rounds,
         )
-        if self.settings.fallback_last_share == 0:
-            return share, None
         if rounds == 1:
             return share, share
         return share, paired_bootstrap_share(task, num_classes, joined, alone, target)
