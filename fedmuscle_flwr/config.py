@@ -132,8 +132,8 @@ class RunConfig:
     fallback: str = "auto"  # off | local | auto: a user also trains alone, reports the better
     fallback_criterion: str = "bootstrap"  # bootstrap (a lead surviving resampling) | metric | loss
     fallback_confidence: float = 0.8  # bootstrap: share of resamples the joined model must win
-    fallback_window: int = 1  # bootstrap: rounds of validation outputs pooled per decision
-    fallback_last_share: float = 0.0  # bootstrap: share the joined must also win in the last round
+    fallback_window: int = 3  # bootstrap: rounds of validation outputs pooled per decision
+    fallback_last_share: float = 0.5  # bootstrap: share the joined must also win in the last round
     partner_selection: str = "relevance"  # random | relevance (CKA) | complement (1 - CKA) | gain
     partner_exploration: float = 0.25  # all but random: chance that a partner slot is random
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's

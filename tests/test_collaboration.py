@@ -515,7 +515,8 @@ def test_fallback_reports_the_local_baseline_or_the_joined_model_round_by_round(
             alone = metrics["fallback-local"] == 1.0
             picks.append(alone)
             if criterion == "bootstrap":  # the joined model only with a lead that resamples keep
-                assert alone == (metrics["fallback-joined-share"] < 0.8)
+                pooled, last = metrics["fallback-joined-share"], metrics["fallback-last-share"]
+                assert alone == (pooled < 0.8 or last < 0.5)  # over 3 rounds, not lost in this
             source = r_local if alone else r_joined
             assert metrics["accuracy"] == source.metrics[user]["accuracy"], (user, r_chosen.round)
             assert metrics["joined-accuracy"] == r_joined.metrics[user]["accuracy"]
