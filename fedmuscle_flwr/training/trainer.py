@@ -107,7 +107,7 @@ class Trainer:
         # baseline would be; evaluate() reports whichever model is better on validation.
         self.fallback: Trainer | None = None
         # fallback-window: validation outputs (joined, alone) of the rounds that the next
-        # decision pools besides its own (at most fallback-window - 1; none by default)
+        # decision pools besides its own (at most fallback-window - 1; none with a window of 1)
         self.fallback_outputs: list[tuple[Tensor, Tensor]] = []
 
     # ------------------------------------------------------------------ round steps
