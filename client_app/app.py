@@ -136,7 +136,11 @@ def _train(msg: Message, context: Context, config: RunConfig, profile: UserProfi
 def _round_work(
     trainer: Trainer, instruction: wire.Instruction, config: RunConfig
 ) -> tuple[dict[str, float], RecordDict | None]:
-    """The round's contrastive and supervised steps, evaluation and next Z (as records)."""
+    """The round's contrastive and supervised steps, evaluation and next Z (as records).
+
+    A user that distils (``distill-weight`` > 0, a single-label task) sends its class
+    probabilities on the next batch beside Z.
+    """
     metrics = trainer.train_round(
         instruction.contrast_indices,
         instruction.payload,
@@ -146,9 +150,12 @@ def _round_work(
     metrics |= trainer.evaluate()
     representation = None
     if instruction.next_indices is not None:
+        z, predictions = trainer.represent_and_predict(instruction.next_indices)
         representation = wire.representation_to_records(
-            trainer.represent(instruction.next_indices),
+            z,
             round_id=instruction.round_id + 1,
             digest=wire.batch_digest(instruction.next_indices),
+            predictions=predictions,
+            label_space=trainer.label_space,
         )
     return metrics, representation

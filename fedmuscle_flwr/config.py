@@ -69,6 +69,8 @@ COLLABORATION_KEYS = frozenset(
         "fallback-last-share",
         "partner-selection",
         "partner-exploration",
+        "distill-weight",
+        "distill-temperature",
         "optimizer-state",
         "quorum",
         "screening",
@@ -136,6 +138,8 @@ class RunConfig:
     fallback_last_share: float = 0.5  # bootstrap: share the joined must also win in the last round
     partner_selection: str = "relevance"  # random | relevance (CKA) | complement (1 - CKA) | gain
     partner_exploration: float = 0.25  # all but random: chance that a partner slot is random
+    distill_weight: float = 0.0  # peers of one label space distil predictions on public data
+    distill_temperature: float = 2.0  # T of the predictions sent and of the distillation loss
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
     screening_min_rounds: int = 5  # rounds scored before "exclude" may leave a user out
@@ -249,6 +253,18 @@ class RunConfig:
             "grid_poll_interval",
         ):
             _positive(name, getattr(self, name))
+        if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0):
+            raise ConfigError(
+                f"distill-weight must be >= 0 (0: no distillation), got {self.distill_weight!r}"
+            )
+        _positive("distill_temperature", self.distill_temperature)
+        distils = self.distill_weight > 0 and self.collaborative
+        if distils and (self.dp or self.optimizer_state == "separate"):
+            raise ConfigError(
+                "distill-weight > 0 trains the task head on the public batch, through the "
+                'task\'s optimiser: it needs optimizer-state = "shared" and dp = false '
+                "(set distill-weight = 0 otherwise)"
+            )
         if not (math.isfinite(self.contrastive_weight) and self.contrastive_weight >= 0):
             raise ConfigError(f"contrastive-weight must be >= 0, got {self.contrastive_weight!r}")
         if not 0 < self.fraction_train <= 1:

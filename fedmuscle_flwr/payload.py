@@ -29,6 +29,10 @@ class UserPayload:
     aggregated, log_alpha
         The dense, paper-literal form S_n (B^M, d) and log alpha_n (B^M,), only when asked
         for; None otherwise.
+    teacher
+        With ``distill-weight`` > 0 (*beyond the paper*): the mean class probabilities (B, K)
+        of the users that share this user's label space, on the same public batch; None when
+        no such user replied (:mod:`fedmuscle_flwr.loss.distillation`).
     """
 
     partner_ids: tuple[int, ...]
@@ -36,6 +40,7 @@ class UserPayload:
     log_alpha_pairs: Tensor
     aggregated: Tensor | None = None
     log_alpha: Tensor | None = None
+    teacher: Tensor | None = None
 
     @property
     def num_partners(self) -> int:
@@ -48,6 +53,6 @@ class UserPayload:
         return self.aggregated is not None
 
     def numel(self) -> int:
-        """Numbers this payload carries (factored parts, plus dense parts when present)."""
-        parts = [self.others, self.log_alpha_pairs, self.aggregated, self.log_alpha]
+        """Numbers this payload carries (factored parts; dense parts and teacher when present)."""
+        parts = [self.others, self.log_alpha_pairs, self.aggregated, self.log_alpha, self.teacher]
         return sum(p.numel() for p in parts if p is not None)

@@ -10,7 +10,7 @@ Schema of ``results.json`` (documented in README.md):
 - ``rounds``: ``[{round, metrics {user id: {name: value}}, uplink_bytes {user id: n},
   downlink_bytes {user id: n}, server_ms, seconds, replied, failed {user id: reason},
   partners {user id: [user ids]}, screening {user id: {score, excluded, ...}},
-  privacy {user id: {epsilon, delta}}}]``;
+  privacy {user id: {epsilon, delta}}, teachers {user id: [user ids]}}]``;
 - ``final``: ``{user id: {name: value}}``, each user's last reported metrics;
 - ``status``: ``complete``, ``failed`` (``reason`` says why) or ``running`` (not finished);
   ``missing_users``: users of the federation that never had a node; ``unsampled_users``:
@@ -66,6 +66,9 @@ class RoundRecord:
     screening: dict[str, dict[str, float | bool]] = field(default_factory=dict)
     # with dp = true: {user id: {"epsilon", "delta"}} spent by the end of this round
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)
+    # with distill-weight > 0: {user id: [peer ids]} whose predictions on the next round's
+    # public batch make up the user's teacher in that round
+    teachers: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

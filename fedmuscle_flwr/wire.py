@@ -8,11 +8,14 @@ plain values live in :mod:`fedmuscle_flwr.wire_checks`; import them from here.
 
 Record layout in a message's :class:`~flwr.app.RecordDict`:
 
-- representation: ArrayRecord ``"representation"`` with array ``"z"`` (B, d) and
-  ConfigRecord ``"representation.meta"`` with ``round``, ``rows``, ``dim``,
-  ``batch-digest``.
+- representation: ArrayRecord ``"representation"`` with array ``"z"`` (B, d) and, with
+  ``distill-weight`` > 0 and a single-label task, ``"predictions"`` (B, K) class
+  probabilities; ConfigRecord ``"representation.meta"`` with ``round``, ``rows``, ``dim``,
+  ``batch-digest`` and, with predictions, ``label-space`` (a key of the class names,
+  :func:`fedmuscle_flwr.loss.label_space_key`).
 - payload: ArrayRecord ``"muscle"`` with ``"others"`` (M, B, d), ``"log-alpha-pairs"``
-  (C(M,2), B, B) and, in dense form, ``"aggregated"`` (B^M, d) and ``"log-alpha"`` (B^M,);
+  (C(M,2), B, B), in dense form ``"aggregated"`` (B^M, d) and ``"log-alpha"`` (B^M,), and,
+  with distillation, ``"teacher"`` (B, K) (the peers' mean class probabilities);
   ConfigRecord ``"muscle.meta"`` with ``round``, ``partner-ids``, ``form`` (``factored``,
   ``dense``, or ``partners`` when only the partners' rows are sent: pairwise, ensemble).
 - instruction (server -> client, one per round): ConfigRecord ``"instruction"`` with
@@ -51,6 +54,7 @@ from fedmuscle_flwr.wire_checks import (
     finite_metrics,
     finite_unit_rows,
     non_empty_strings,
+    probability_rows,
 )
 
 __all__ = [
@@ -70,6 +74,7 @@ __all__ = [
     "instruction_to_records",
     "payload_from_records",
     "payload_to_records",
+    "predictions_from_records",
     "record_nbytes",
     "reply_failure",
     "reply_metrics",
@@ -101,20 +106,36 @@ def record_nbytes(content: RecordDict) -> int:
 # ----------------------------------------------------------------- representation
 
 
-def representation_to_records(z: Tensor, *, round_id: int, digest: str) -> RecordDict:
-    """Records carrying Z_n (B, d) for ``round_id``; bfloat16 is sent as float32."""
+def representation_to_records(
+    z: Tensor,
+    *,
+    round_id: int,
+    digest: str,
+    predictions: Tensor | None = None,
+    label_space: str = "",
+) -> RecordDict:
+    """Records carrying Z_n (B, d) for ``round_id``; bfloat16 is sent as float32.
+
+    ``predictions`` (B, K) class probabilities on the same batch, with the ``label_space``
+    key they belong to, travel beside Z for distillation.
+    """
     array = z.detach().to(torch.float32 if z.dtype == torch.bfloat16 else z.dtype).cpu()
+    arrays = {"z": Array(array.numpy())}
+    meta: dict[str, str | int] = {
+        "round": round_id,
+        "rows": array.shape[0],
+        "dim": array.shape[1],
+        "batch-digest": digest,
+    }
+    if predictions is not None:
+        if not label_space:
+            raise ValueError("predictions need the label_space they belong to")
+        arrays["predictions"] = Array(predictions.detach().float().cpu().numpy())
+        meta["label-space"] = label_space
     return RecordDict(
         {
-            REPRESENTATION_KEY: ArrayRecord({"z": Array(array.numpy())}),
-            f"{REPRESENTATION_KEY}.meta": ConfigRecord(
-                {
-                    "round": round_id,
-                    "rows": array.shape[0],
-                    "dim": array.shape[1],
-                    "batch-digest": digest,
-                }
-            ),
+            REPRESENTATION_KEY: ArrayRecord(arrays),
+            f"{REPRESENTATION_KEY}.meta": ConfigRecord(meta),  # type: ignore[arg-type]
         }
     )
 
@@ -160,6 +181,49 @@ def representation_from_records(
     return finite_unit_rows(array, field, sender)
 
 
+def predictions_from_records(
+    content: RecordDict,
+    *,
+    rows: int,
+    sender: int | None = None,
+    max_bytes: int = DEFAULT_MAX_REPRESENTATION_BYTES,
+) -> tuple[str, Tensor] | None:
+    """``(label space, class probabilities (rows, K))`` of a reply, or None when it sent none.
+
+    Read after :func:`representation_from_records` (which checks round and batch).
+
+    Raises
+    ------
+    WireError
+        On predictions without a label space (or the reverse), a key that does not name K
+        classes, a wrong shape, or rows that are not probabilities.
+    """
+    meta = _config(content, f"{REPRESENTATION_KEY}.meta", sender)
+    space = meta.get("label-space")
+    record = content.array_records.get(REPRESENTATION_KEY)
+    has_array = record is not None and "predictions" in record
+    if space is None and not has_array:
+        return None
+    field = f"{REPRESENTATION_KEY}/predictions"
+    if not isinstance(space, str) or not space or not has_array:
+        raise WireError(
+            f"predictions and a label-space string come together; got label-space={space!r} "
+            f"and {'an' if has_array else 'no'} array",
+            field=field,
+            sender=sender,
+        )
+    array = _array(content, REPRESENTATION_KEY, "predictions", sender, max_bytes)
+    if array.ndim != 2 or array.shape[0] != rows:
+        raise WireError(f"shape {array.shape}, expected ({rows}, K)", field=field, sender=sender)
+    if space.split(":", 1)[0] != str(array.shape[1]):
+        raise WireError(
+            f"label-space {space!r} does not name {array.shape[1]} classes",
+            field=field,
+            sender=sender,
+        )
+    return space, probability_rows(array, field, sender)
+
+
 # ----------------------------------------------------------------- payload
 
 
@@ -178,6 +242,8 @@ def payload_to_records(
     if with_log_alpha and payload.aggregated is not None and payload.log_alpha is not None:
         arrays |= {"aggregated": payload.aggregated, "log-alpha": payload.log_alpha}
         form = "dense"
+    if payload.teacher is not None:
+        arrays["teacher"] = payload.teacher
     return RecordDict(
         {
             PAYLOAD_KEY: ArrayRecord(
@@ -213,7 +279,8 @@ def payload_from_records(
     ------
     WireError
         On a stale round, inconsistent partner count, wrong shapes, non-finite values,
-        non-unit partner rows, or arrays over ``max_bytes``.
+        non-unit partner rows, a teacher whose rows are not probabilities, or arrays over
+        ``max_bytes``.
     """
     meta = _config(content, f"{PAYLOAD_KEY}.meta", None)
     check_round(meta.get("round"), round_id, f"{PAYLOAD_KEY}.meta", None)
@@ -259,12 +326,20 @@ def payload_from_records(
                 f"{(rows**num, dim)} and {(rows**num,)}",
                 field=f"{PAYLOAD_KEY}/aggregated",
             )
+    teacher = None
+    if "teacher" in content.array_records[PAYLOAD_KEY]:
+        field = f"{PAYLOAD_KEY}/teacher"
+        array = _array(content, PAYLOAD_KEY, "teacher", None, max_bytes)
+        teacher = probability_rows(array, field, None)
+        if teacher.shape[0] != rows:
+            raise WireError(f"shape {array.shape}, expected ({rows}, K)", field=field)
     return UserPayload(
         partner_ids=tuple(int(p) for p in partners),
         others=finite_unit_rows(others, f"{PAYLOAD_KEY}/others", None),
         log_alpha_pairs=finite(pairs, f"{PAYLOAD_KEY}/log-alpha-pairs"),
         aggregated=aggregated,
         log_alpha=log_alpha,
+        teacher=teacher,
     )
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 __all__ = [
     "ALLOWED_DTYPES",
     "NORM_ATOL",
+    "PROBABILITY_ATOL",
     "WireError",
     "batch_digest",
     "check_decoded",
@@ -28,6 +29,7 @@ __all__ = [
     "finite_metrics",
     "finite_unit_rows",
     "non_empty_strings",
+    "probability_rows",
 ]
 
 #: Float dtypes accepted on the wire; arrays are converted to float32 on arrival.
@@ -35,6 +37,9 @@ ALLOWED_DTYPES = frozenset({"float16", "float32", "float64"})
 #: Row-norm tolerance on arrival: loose enough for bfloat16/float16 encoders; rows are then
 #: re-normalised exactly so the loss sees unit rows.
 NORM_ATOL = 1e-2
+#: Tolerance on class-probability rows (entries >= -tol, each row sums to 1 within tol);
+#: rows are then clipped at 0 and re-normalised.
+PROBABILITY_ATOL = 1e-2
 
 
 class WireError(ValueError):
@@ -143,6 +148,29 @@ def finite_unit_rows(array: np.ndarray, field: str, sender: int | None) -> Tenso
             sender=sender,
         )
     return torch.nn.functional.normalize(tensor.float(), dim=-1)
+
+
+def probability_rows(array: np.ndarray, field: str, sender: int | None) -> Tensor:
+    """A (B, K) matrix of finite class-probability rows (K >= 2), re-normalised, as float32."""
+    if array.ndim != 2 or array.shape[1] < 2:
+        raise WireError(
+            f"shape {array.shape}, expected (rows, classes) with at least 2 classes",
+            field=field,
+            sender=sender,
+        )
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).double()
+    if not torch.isfinite(tensor).all():
+        raise WireError("holds NaN or inf values", field=field, sender=sender)
+    worst_sum = (tensor.sum(dim=-1) - 1).abs().max().item() if tensor.numel() else 0.0
+    if tensor.min().item() < -PROBABILITY_ATOL or worst_sum > PROBABILITY_ATOL:
+        raise WireError(
+            f"rows must be class probabilities (>= 0, summing to 1); the worst sum is off by "
+            f"{worst_sum:.3g} (send softmax outputs, not logits)",
+            field=field,
+            sender=sender,
+        )
+    tensor = tensor.clamp_min(0)
+    return (tensor / tensor.sum(dim=-1, keepdim=True)).float()
 
 
 def finite_metrics(items: Iterable[tuple[str, object]], sender: int) -> dict[str, float]:

@@ -73,7 +73,8 @@ class Checkpoint:
     results: dict[str, Any]
     next_round: int | None = None  # the round the payloads below are for
     next_indices: tuple[int, ...] = ()
-    # user id -> payload fields (partner user ids, others, log-alpha pairs, dense parts)
+    # user id -> payload fields (partner user ids, others, log-alpha pairs, dense parts,
+    # teacher)
     next_payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -88,6 +89,7 @@ def payloads_by_user(
             "log_alpha_pairs": payload.log_alpha_pairs,
             "aggregated": payload.aggregated,
             "log_alpha": payload.log_alpha,
+            "teacher": payload.teacher,
         }
         for node, payload in payloads.items()
     }
@@ -122,6 +124,7 @@ def payloads_by_node(
             log_alpha_pairs=fields_["log_alpha_pairs"],
             aggregated=fields_["aggregated"],
             log_alpha=fields_["log_alpha"],
+            teacher=fields_.get("teacher"),
         )
         for user, fields_ in saved.items()
         if user in node_of

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flwr.app import Message
+from torch import Tensor
 
 from fedmuscle_flwr.payload import UserPayload
 
@@ -34,3 +35,5 @@ class RoundInFlight:
     partners: dict[int, tuple[int, ...]] = field(default_factory=dict)  # node -> partner nodes
     next: NextRound | None = None  # what this round prepares (None: no Z asked for)
     errors: set[int] = field(default_factory=set)  # nodes whose round failed with an error
+    # distillation: node -> (label space, class probabilities on the next batch)
+    predictions: dict[int, tuple[str, Tensor]] = field(default_factory=dict)

@@ -30,6 +30,7 @@ from fedmuscle_flwr import wire
 from fedmuscle_flwr.aggregation import best_device, build_payloads
 from fedmuscle_flwr.algorithms import get_algorithm
 from fedmuscle_flwr.config import RunConfig
+from fedmuscle_flwr.loss import teacher_mean
 from fedmuscle_flwr.partner_gain import gain_scores
 from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
@@ -234,7 +235,9 @@ class FedMuscleStrategy(Strategy):
                 }
         start = time.perf_counter()
         if state.next is not None:
-            state.next.payloads = self._compute_payloads(representations, server_round, record)
+            state.next.payloads = self._compute_payloads(
+                representations, server_round, record, state.predictions
+            )
             self._next = state.next
         record.server_ms = (time.perf_counter() - start) * 1000
         record.seconds = time.perf_counter() - state.started
@@ -336,7 +339,13 @@ class FedMuscleStrategy(Strategy):
                         digest=wire.batch_digest(state.next.indices),
                         sender=node,
                     )
+                    predictions = wire.predictions_from_records(
+                        reply.content, rows=len(state.next.indices), sender=node
+                    )
+                    if predictions is not None and self.config.distill_weight > 0:
+                        state.predictions[node] = predictions
             except wire.WireError as err:
+                representations.pop(node, None)
                 self._fail(record, name, str(err))
                 continue
             record.metrics[name] = metrics
@@ -368,7 +377,11 @@ class FedMuscleStrategy(Strategy):
         logger.warning("round %d: %s left out: %s", record.round, name, reason)
 
     def _compute_payloads(
-        self, representations: dict[int, torch.Tensor], server_round: int, record: RoundRecord
+        self,
+        representations: dict[int, torch.Tensor],
+        server_round: int,
+        record: RoundRecord,
+        predictions: dict[int, tuple[str, torch.Tensor]] | None = None,
     ) -> dict[int, UserPayload]:
         representations = self._screen(representations, server_round, record)
         if len(representations) < self.config.quorum:
@@ -393,10 +406,42 @@ class FedMuscleStrategy(Strategy):
             exploration=self.config.partner_exploration,
             rescore=lambda cka: gain_scores(names, [*self.results.rounds, record], cka),
         )
-        return {
+        by_node = {
             order[rank]: replace(payload, partner_ids=tuple(order[p] for p in payload.partner_ids))
             for rank, payload in payloads.items()
         }
+        if predictions:
+            by_node = self._attach_teachers(by_node, predictions, record)
+        return by_node
+
+    def _attach_teachers(
+        self,
+        payloads: dict[int, UserPayload],
+        predictions: dict[int, tuple[str, torch.Tensor]],
+        record: RoundRecord,
+    ) -> dict[int, UserPayload]:
+        """Give each user the mean predictions of its label-space peers (distillation).
+
+        Peers are every other user of the same label space whose Z made it into this
+        round's payloads (a screened-out user teaches no one), not only its partners.
+        """
+        names = {node: self._user_name(node) for node in payloads}
+        out = dict(payloads)
+        for node, payload in payloads.items():
+            if node not in predictions:
+                continue
+            space = predictions[node][0]
+            peers = sorted(
+                (other for other in payloads if other != node and other in predictions
+                 and predictions[other][0] == space),
+                key=lambda other: names[other],
+            )  # fmt: skip
+            if not peers:
+                continue
+            teacher = teacher_mean([predictions[other][1] for other in peers])
+            out[node] = replace(payload, teacher=teacher)
+            record.teachers[names[node]] = [names[other] for other in peers]
+        return out
 
     def _screen(
         self, representations: dict[int, torch.Tensor], server_round: int, record: RoundRecord

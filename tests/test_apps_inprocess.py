@@ -125,6 +125,22 @@ def test_two_rounds_on_the_real_data_sets_over_all_four_task_types(tmp_path, mon
         assert 0.0 <= results.final[user_id][info.metric] <= 1.0
 
 
+def test_users_of_one_label_space_distil_each_others_predictions(tmp_path):
+    """distill-weight > 0: the image and the text classifier (the same world classes) teach
+    each other on the public batch; the multi-label and segmentation users take no part."""
+    results = run(tmp_path, **{"distill-weight": 1.0})
+    assert_everyone_replied_every_round(results)
+    first, second = results.rounds
+    assert first.teachers == {"bert-text": ["cnn-cls"], "cnn-cls": ["bert-text"]}
+    for user in results.users:
+        distils = user in ("bert-text", "cnn-cls")
+        assert ("distill-loss" in second.metrics[user]) == distils
+        if distils:
+            assert second.metrics[user]["distill-loss"] >= 0
+    # each teacher's probabilities travel beside its Z: more uplink than Z alone
+    assert first.uplink_bytes["cnn-cls"] > first.uplink_bytes["segformer-seg"]
+
+
 def test_local_exchanges_no_representations(tmp_path):
     results = run(tmp_path, algorithm="local")
     assert_everyone_replied_every_round(results)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from datasets import Dataset
+from datasets import ClassLabel, Dataset
 
 from fedmuscle_flwr.data.partition import user_split
 from fedmuscle_flwr.data.sources import get_data_source
@@ -37,6 +37,12 @@ class UserData:
     num_classes: int
     image_size: int | None = None
     validation: Dataset | None = None
+    label_names: tuple[str, ...] = ()  # names of the ``label`` classes, when a ClassLabel
+
+    @property
+    def label_space(self) -> tuple[str, ...]:
+        """The classes a single-label task predicts, by name (empty when unnamed)."""
+        return self.label_names if len(self.label_names) == self.num_classes else ()
 
 
 def load_user_data(
@@ -93,7 +99,9 @@ def load_user_data(
         train = train.shuffle(seed=seed * 100_043 + peers.index(profile)).select(
             range(label_budget)
         )
+    label = train.features.get("label")
     return UserData(
+        label_names=tuple(label.names) if isinstance(label, ClassLabel) else (),
         train=train,
         validation=validation,
         test=split["test"],

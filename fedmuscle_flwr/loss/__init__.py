@@ -1,4 +1,4 @@
-"""Contrastive losses of FedMuscle: the Muscle loss (factored and dense) and its baselines.
+"""Losses of FedMuscle: the Muscle loss (factored and dense), its baselines, distillation.
 
 All functions take the anchor's L2-normalised representations ``z`` (B, d), which carry
 gradients, and the M selected partners' representations (constants).
@@ -12,6 +12,12 @@ from fedmuscle_flwr.loss.dense import (
     dense_payload_numel,
     factored_payload_numel,
 )
+from fedmuscle_flwr.loss.distillation import (
+    class_probabilities,
+    distillation_loss,
+    label_space_key,
+    teacher_mean,
+)
 from fedmuscle_flwr.loss.muscle import (
     DEFAULT_MAX_CHUNK_ELEMENTS,
     MuscleObjective,
@@ -23,13 +29,17 @@ __all__ = [
     "DEFAULT_MAX_CHUNK_ELEMENTS",
     "MuscleObjective",
     "build_dense_payload",
+    "class_probabilities",
     "dense_muscle_loss",
     "dense_payload_bytes",
     "dense_payload_numel",
+    "distillation_loss",
     "ensemble_loss",
     "factored_payload_numel",
     "info_nce",
+    "label_space_key",
     "muscle_loss",
     "pairwise_log_alpha",
     "pairwise_loss",
+    "teacher_mean",
 ]

@@ -191,6 +191,16 @@ class ClientModel(nn.Module):
         """Return the FedMuscle representation: (B, d), rows of unit L2 norm."""
         return F.normalize(self.projection(self.encoder.pooled(batch)), dim=-1)
 
+    def encode_public_with_logits(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Return the representation (B, d) and the task logits (B, K) from one encoder pass.
+
+        For pooled tasks only (distillation of class predictions on the public batch).
+        """
+        if self.task_type.head != "pooled":
+            raise ValueError(f"task {self.task_type.name!r} has no per-sample logits")
+        pooled = self.encoder.pooled(batch)
+        return F.normalize(self.projection(pooled), dim=-1), self.head(pooled)
+
     def forward_task(self, batch: Batch) -> Tensor:
         """Return task logits: (B, K), or (B, K, H, W) at input resolution (dense tasks)."""
         if self.task_type.head == "dense":

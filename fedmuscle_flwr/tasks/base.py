@@ -93,6 +93,10 @@ class Task(ABC):
         (B, K, H, W) at input resolution from spatial features.
     primary_metric : str
         The metric used as the user's score (and for Delta).
+    single_label : bool
+        Whether the logits (B, K) are one softmax over the K classes of the data's
+        ``label`` column: such users can distil class predictions with peers of the same
+        label space (``distill-weight``).
     """
 
     name: str = ""
@@ -100,6 +104,7 @@ class Task(ABC):
     target_key: ClassVar[str] = ""
     head: ClassVar[HeadKind] = "pooled"
     primary_metric: ClassVar[str] = ""
+    single_label: ClassVar[bool] = False
 
     @property
     def batch_keys(self) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ class _SingleLabel(Task):
     target_key = "label"
     head = "pooled"
     primary_metric = "accuracy"
+    single_label = True
 
     def _target(self, logits: Tensor, batch: Batch) -> Tensor:
         target = self.targets(batch, logits.device).long()

@@ -37,6 +37,8 @@ class TrainSettings:
     fallback_confidence: float = 0.8  # bootstrap: share of resamples the joined must win
     fallback_window: int = 1  # bootstrap: rounds of validation outputs pooled per decision
     fallback_last_share: float = 0.0  # bootstrap: share the joined must win in the last round
+    distill_weight: float = 0.0  # weight of the distillation loss on the public batch
+    distill_temperature: float = 2.0
     dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     private_steps: int = 0  # the most DP steps the run can take (sets the noise)
@@ -72,6 +74,8 @@ class TrainSettings:
             fallback_confidence=config.fallback_confidence,
             fallback_window=config.fallback_window,
             fallback_last_share=config.fallback_last_share,
+            distill_weight=config.distill_weight,
+            distill_temperature=config.distill_temperature,
             dp=config.dp,
             privacy=PrivacySettings(
                 epsilon=config.dp_epsilon,

@@ -17,6 +17,7 @@ from torch import Tensor
 from fedmuscle_flwr.algorithms import get_algorithm
 from fedmuscle_flwr.data.batches import CollatedSplit
 from fedmuscle_flwr.data.users import UserData
+from fedmuscle_flwr.loss import class_probabilities, distillation_loss, label_space_key
 from fedmuscle_flwr.models import ClientModel
 from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.privacy import PrivateSteps, make_private_model, task_parameters
@@ -229,16 +230,22 @@ class Trainer:
         """``contrastive_steps`` steps on lambda * L(z) on the round's public batch.
 
         ``weight`` is this round's lambda (warm-up and ramp applied; default: the settings'
-        ``contrastive_weight``). With ``gate = "validation"`` the steps are kept only if the
-        validation loss did not rise by more than ``gate_tolerance`` (relative); otherwise
-        model and optimiser are rolled back and the gate halves this user's lambda, which
-        doubles back (up to 1x) after each kept update. Returns ``contrastive-loss``,
-        ``lambda`` (the effective weight used) and, when gated, ``gate-kept`` (1 or 0) and
-        the validation losses before and after.
+        ``contrastive_weight``). With ``distill-weight`` > 0 and a teacher in the payload
+        (*beyond the paper*), each step also minimises ``distill-weight`` times the
+        distillation loss of the user's logits on the batch against its label-space peers'
+        mean predictions; the gate's scale applies to both terms. With ``gate =
+        "validation"`` the steps are kept only if the validation loss did not rise by more
+        than ``gate_tolerance`` (relative); otherwise model and optimiser are rolled back
+        and the gate halves this user's lambda, which doubles back (up to 1x) after each
+        kept update. Returns ``contrastive-loss``, ``lambda`` (the effective weight used),
+        ``distill-loss`` with a teacher and, when gated, ``gate-kept`` (1 or 0) and the
+        validation losses before and after.
         """
         base = self.settings.contrastive_weight if weight is None else weight
         effective = base * self.gate_scale
-        if effective == 0:
+        teacher = self._teacher(payload)
+        distill = self.settings.distill_weight * self.gate_scale if teacher is not None else 0.0
+        if effective == 0 and distill == 0:
             return {"lambda": 0.0}
         objective = contrastive_objective(
             self.settings.algorithm,
@@ -249,16 +256,44 @@ class Trainer:
         batch = self._batch(self.data.public, indices)
 
         def steps() -> dict[str, float]:
-            loss = self._contrastive_steps(objective, batch, effective)
-            return {"contrastive-loss": loss, "lambda": effective}
+            losses = self._contrastive_steps(objective, batch, effective, teacher, distill)
+            result = {"contrastive-loss": losses[0], "lambda": effective}
+            if teacher is not None:
+                result["distill-loss"] = losses[1]
+            return result
 
         if self.settings.gate == "validation" and self.data.validation is not None:
             return validation_gate(self, steps)
         return steps()
 
+    @property
+    def label_space(self) -> str:
+        """The key of the classes this user predicts, when it distils ("" otherwise)."""
+        if self.settings.distill_weight <= 0 or not self.model.task_type.single_label:
+            return ""
+        names = self.data.label_space
+        return label_space_key(names) if names else ""
+
+    def _teacher(self, payload: UserPayload) -> Tensor | None:
+        """The payload's teacher, checked against this user's classes (None: no distillation)."""
+        if payload.teacher is None or not self.label_space:
+            return None
+        if payload.teacher.shape[-1] != self.model.num_classes:
+            raise ValueError(
+                f"the teacher predicts {payload.teacher.shape[-1]} classes, this user "
+                f"{self.model.num_classes}: the server paired users of different label spaces"
+            )
+        return payload.teacher.to(self.device)
+
     def _contrastive_steps(
-        self, objective: Callable[[Tensor], Tensor], batch: dict[str, Any], weight: float
-    ) -> float:
+        self,
+        objective: Callable[[Tensor], Tensor],
+        batch: dict[str, Any],
+        weight: float,
+        teacher: Tensor | None = None,
+        distill_weight: float = 0.0,
+    ) -> tuple[float, float]:
+        """The steps on the public batch; returns the mean contrastive and distillation losses."""
         optimizer: torch.optim.Optimizer = self.optimizer
         if self.contrastive_optimizer is not None:
             optimizer = self.contrastive_optimizer
@@ -266,7 +301,7 @@ class Trainer:
                 group["lr"] = self.settings.learning_rate * weight
             weight = 1.0
         self.model.train()
-        losses = []
+        losses, distilled = [], []
         hooks = (
             contextlib.nullcontext()
             if self.private is None
@@ -275,13 +310,25 @@ class Trainer:
         with self._public_norm(), hooks:
             for _ in range(self.settings.contrastive_steps):
                 with self._autocast():
-                    z = self.model.encode_public(batch).float()
+                    if teacher is None:
+                        z = self.model.encode_public(batch).float()
+                    else:
+                        z, logits = self.model.encode_public_with_logits(batch)
+                        z = z.float()
                 if self.settings.amp:  # bfloat16 rows are unit only to about 4e-3
                     z = torch.nn.functional.normalize(z, dim=-1)
-                loss = weight * objective(z)
+                contrastive = weight * objective(z) if weight else z.sum() * 0.0
+                loss = contrastive
+                if teacher is not None:
+                    kd = distillation_loss(
+                        logits, teacher, temperature=self.settings.distill_temperature
+                    )
+                    loss = loss + distill_weight * kd
+                    distilled.append(float(kd.detach()))
                 self._step(loss, optimizer)
-                losses.append(float(loss.detach()))
-        return sum(losses) / len(losses)
+                losses.append(float(contrastive.detach()))
+        mean_kd = sum(distilled) / len(distilled) if distilled else 0.0
+        return sum(losses) / len(losses), mean_kd
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -414,6 +461,21 @@ class Trainer:
         with self._autocast():
             z = self.model.encode_public(self._batch(self.data.public, indices))
         return torch.nn.functional.normalize(z.float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def represent_and_predict(self, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
+        """Z_n and, when this user distils (:attr:`label_space`), its class probabilities.
+
+        The probabilities (B, K) are at ``distill-temperature``, float32 on the CPU; None
+        for a user that does not distil.
+        """
+        if not self.label_space:
+            return self.represent(indices), None
+        self.model.eval()
+        with self._autocast():
+            z, logits = self.model.encode_public_with_logits(self._batch(self.data.public, indices))
+        probabilities = class_probabilities(logits, temperature=self.settings.distill_temperature)
+        return torch.nn.functional.normalize(z.float(), dim=-1).cpu(), probabilities.cpu()
 
     # ------------------------------------------------------------------ state
 

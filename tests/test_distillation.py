@@ -1,0 +1,310 @@
+"""Distillation of class predictions among users of one label space (beyond the paper)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from flwr.app import Array, Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from client_app.app import build_trainer
+from fedmuscle_flwr import wire
+from fedmuscle_flwr.config import ConfigError, RunConfig
+from fedmuscle_flwr.federation import load_federation
+from fedmuscle_flwr.loss import (
+    class_probabilities,
+    distillation_loss,
+    label_space_key,
+    teacher_mean,
+)
+from fedmuscle_flwr.payload import UserPayload
+from server_app.strategy import FedMuscleStrategy
+from tests.test_strategy import DIM, FakeGrid, config, representation, send
+from tests.tiny import TINY_FEDERATION
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
+
+SPACE_A = label_space_key(["circle", "square", "triangle"])
+SPACE_B = label_space_key(["cat", "dog", "bird"])
+
+
+def probs(rows: int, classes: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.softmax(torch.randn(rows, classes, generator=g), dim=-1)
+
+
+# ------------------------------------------------------------------ the loss
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    classes=st.integers(2, 7),
+    temperature=st.floats(0.5, 4.0),
+    seed=st.integers(0, 10_000),
+)
+def test_distillation_loss_is_nonnegative_and_zero_only_at_the_teacher(
+    rows, classes, temperature, seed
+):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, classes, generator=g) * 3
+    teacher = class_probabilities(logits, temperature=temperature)
+    assert float(distillation_loss(logits, teacher, temperature=temperature)) == pytest.approx(
+        0.0, abs=1e-5
+    )
+    other = probs(rows, classes, seed + 1)
+    loss = float(distillation_loss(logits, other, temperature=temperature))
+    expected = temperature**2 * float(
+        (other * (other.log() - F.log_softmax(logits / temperature, dim=-1))).sum(-1).mean()
+    )
+    assert loss >= -1e-6 and loss == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_a_gradient_step_on_the_distillation_loss_moves_the_student_to_the_teacher():
+    logits = torch.zeros(4, 3, requires_grad=True)
+    teacher = torch.tensor([[0.8, 0.1, 0.1]] * 4)
+    before = float(distillation_loss(logits, teacher, temperature=2.0).detach())
+    distillation_loss(logits, teacher, temperature=2.0).backward()
+    with torch.no_grad():
+        after = float(distillation_loss(logits - 0.5 * logits.grad, teacher, temperature=2.0))
+    assert after < before
+    assert (logits.grad[:, 0] < 0).all()  # the teacher's class gains
+
+
+def test_label_space_key_names_the_classes_in_order_and_their_count():
+    assert label_space_key(["a", "b"]) == label_space_key(["a", "b"])
+    assert label_space_key(["a", "b"]) != label_space_key(["b", "a"])
+    assert label_space_key(["a", "b", "c"]).startswith("3:")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        label_space_key(["a"])
+
+
+def test_teacher_mean_is_a_probability_row_and_refuses_mixed_shapes():
+    mean = teacher_mean([probs(5, 3, 0), probs(5, 3, 1)])
+    assert torch.allclose(mean, (probs(5, 3, 0) + probs(5, 3, 1)) / 2)
+    assert torch.allclose(mean.sum(-1), torch.ones(5))
+    with pytest.raises(ValueError, match="one \\(B, K\\) shape"):
+        teacher_mean([probs(5, 3, 0), probs(5, 4, 1)])
+    with pytest.raises(ValueError, match="at least one teacher"):
+        teacher_mean([])
+
+
+# ------------------------------------------------------------------ the wire
+
+
+def test_predictions_and_teacher_round_trip_through_the_wire():
+    z, p = F.normalize(torch.randn(6, DIM), dim=-1), probs(6, 3, 0)
+    digest = wire.batch_digest(range(6))
+    content = wire.representation_to_records(
+        z, round_id=2, digest=digest, predictions=p, label_space=SPACE_A
+    )
+    space, read = wire.predictions_from_records(content, rows=6, sender=5)
+    assert space == SPACE_A and torch.allclose(read, p, atol=1e-6)
+    plain = wire.representation_to_records(z, round_id=2, digest=digest)
+    assert wire.predictions_from_records(plain, rows=6) is None
+
+    payload = UserPayload((1, 2), torch.stack([z, z]), torch.zeros(1, 6, 6), teacher=p)
+    records = wire.payload_to_records(payload, round_id=4)
+    back = wire.payload_from_records(records, round_id=4, rows=6, dim=DIM)
+    assert back.teacher is not None and torch.allclose(back.teacher, p, atol=1e-6)
+    assert back.numel() == payload.numel()
+
+
+def _predictions_reply(predictions: torch.Tensor, space: str | None = SPACE_A):
+    z = F.normalize(torch.randn(6, DIM), dim=-1)
+    content = wire.representation_to_records(z, round_id=2, digest=wire.batch_digest(range(6)))
+    content["representation"]["predictions"] = Array(predictions.numpy())
+    if space is not None:
+        content["representation.meta"]["label-space"] = space
+    return content
+
+
+@pytest.mark.parametrize(
+    ("predictions", "space", "match"),
+    [
+        (torch.randn(6, 3), SPACE_A, "class probabilities"),  # logits, not probabilities
+        (probs(6, 3, 0), None, "come together"),
+        (probs(6, 4, 0), SPACE_A, "does not name 4 classes"),
+        (probs(5, 3, 0), SPACE_A, "expected \\(6, K\\)"),
+        (torch.full((6, 3), float("nan")), SPACE_A, "NaN"),
+        (torch.ones(6, 1), "1:x", "at least 2 classes"),
+    ],
+)
+def test_malformed_predictions_are_refused_naming_the_field(predictions, space, match):
+    with pytest.raises(wire.WireError, match=match) as err:
+        wire.predictions_from_records(_predictions_reply(predictions, space), rows=6, sender=9)
+    assert "representation/predictions" in str(err.value)
+
+
+def test_a_teacher_that_is_not_probabilities_is_refused_on_the_client():
+    z = F.normalize(torch.randn(6, DIM), dim=-1)
+    payload = UserPayload((1, 2), torch.stack([z, z]), torch.zeros(1, 6, 6), teacher=probs(6, 3, 0))
+    records = wire.payload_to_records(payload, round_id=4)
+    records["muscle"]["teacher"] = Array((torch.randn(6, 3) * 5).numpy())
+    with pytest.raises(wire.WireError, match="muscle/teacher"):
+        wire.payload_from_records(records, round_id=4, rows=6, dim=DIM)
+
+
+# ------------------------------------------------------------------ the strategy
+
+SPACES = {11: SPACE_A, 12: SPACE_A, 13: SPACE_A, 14: SPACE_B, 15: None}
+
+
+def distilling_reply(msg: Message, *, bad: bool = False) -> Message:
+    """A client's reply with Z and, for a user of a label space, its class probabilities."""
+    instruction = wire.instruction_from_records(msg.content, public_size=50, dim=DIM)
+    node = msg.metadata.dst_node_id
+    records = None
+    if instruction.next_indices is not None:
+        rows = len(instruction.next_indices)
+        space = SPACES[node]
+        records = wire.representation_to_records(
+            representation(node, instruction.round_id, rows),
+            round_id=instruction.round_id + 1,
+            digest=wire.batch_digest(instruction.next_indices),
+            predictions=None if space is None else probs(rows, 3, node),
+            label_space=space or "",
+        )
+        if bad:
+            records["representation"]["predictions"] = Array(torch.randn(rows, 3).numpy())
+    user = {"user-id": f"user-{node}", "model": "m", "task": "t", "metric": "accuracy"}
+    content = wire.reply_to_records(metrics={"accuracy": 0.5}, user=user, representation=records)
+    return Message(content, reply_to=msg)
+
+
+def test_each_user_is_taught_by_the_mean_of_its_label_space_peers_only():
+    strategy = FedMuscleStrategy(config(distill_weight=1.0), device="cpu")
+    grid = FakeGrid(SPACES)
+    first = send(strategy, 1, grid)
+    strategy.aggregate_train(1, [distilling_reply(m) for m in first.values()])
+    second = send(strategy, 2, grid)
+    payloads = {
+        node: wire.instruction_from_records(msg.content, public_size=50, dim=DIM).payload
+        for node, msg in second.items()
+    }
+    for node, peers in {11: (12, 13), 12: (11, 13), 13: (11, 12)}.items():
+        expected = teacher_mean([probs(4, 3, peer) for peer in peers])
+        assert torch.allclose(payloads[node].teacher, expected, atol=1e-6)
+    assert payloads[14].teacher is None  # alone in its label space
+    assert payloads[15].teacher is None  # sends no predictions
+    assert strategy.results.rounds[0].teachers == {
+        "user-11": ["user-12", "user-13"],
+        "user-12": ["user-11", "user-13"],
+        "user-13": ["user-11", "user-12"],
+    }
+
+
+def test_without_distill_weight_predictions_teach_no_one():
+    strategy = FedMuscleStrategy(config(), device="cpu")
+    grid = FakeGrid(SPACES)
+    first = send(strategy, 1, grid)
+    strategy.aggregate_train(1, [distilling_reply(m) for m in first.values()])
+    second = send(strategy, 2, grid)
+    for msg in second.values():
+        payload = wire.instruction_from_records(msg.content, public_size=50, dim=DIM).payload
+        assert payload.teacher is None
+    assert strategy.results.rounds[0].teachers == {}
+
+
+def test_bad_predictions_leave_only_their_sender_out_and_teach_no_one():
+    strategy = FedMuscleStrategy(config(distill_weight=1.0), device="cpu")
+    grid = FakeGrid(SPACES)
+    first = send(strategy, 1, grid)
+    strategy.aggregate_train(
+        1, [distilling_reply(m, bad=node == 13) for node, m in first.items()]
+    )
+    record = strategy.results.rounds[0]
+    assert list(record.failed) == ["user-13"] and "representation/predictions" in str(
+        record.failed["user-13"]
+    )
+    second = send(strategy, 2, grid)
+    payloads = {
+        node: wire.instruction_from_records(msg.content, public_size=50, dim=DIM).payload
+        for node, msg in second.items()
+    }
+    assert 13 not in payloads or payloads[13] is None
+    assert torch.allclose(payloads[11].teacher, probs(4, 3, 12), atol=1e-6)
+    assert record.teachers["user-11"] == ["user-12"]
+
+
+# ------------------------------------------------------------------ the trainer
+
+TRAINER_CONFIG = RunConfig(
+    federation=TINY_FEDERATION, public_size=64, public_batch_size=8, embed_dim=16, local_steps=2,
+    batch_size=8, learning_rate=3e-3, gate="off", contrastive_steps=10, distill_weight=1.0,
+)  # fmt: skip
+INDICES = list(range(8))
+
+
+def tiny_trainer(user_id: str, **overrides):
+    profile = next(u for u in load_federation(TINY_FEDERATION).users if u.id == user_id)
+    return build_trainer(dataclasses.replace(TRAINER_CONFIG, **overrides), profile, TINY_FEDERATION)
+
+
+def plain_payload(teacher: torch.Tensor | None) -> UserPayload:
+    g = torch.Generator().manual_seed(3)
+    others = F.normalize(torch.randn(2, 8, 16, generator=g), dim=-1)
+    return UserPayload((1, 2), others, torch.zeros(1, 8, 8), teacher=teacher)
+
+
+def test_contrastive_steps_with_a_teacher_move_the_users_predictions_to_it():
+    trainer = tiny_trainer("cnn-cls", contrastive_steps=30)
+    control = tiny_trainer("cnn-cls", contrastive_steps=30, distill_weight=0.0)
+    assert trainer.label_space  # world image classes: a named label space
+    _, before = trainer.represent_and_predict(INDICES)
+    classes = trainer.model.num_classes
+    teacher = F.one_hot(torch.arange(8) % classes, classes).float() * 0.9 + 0.1 / classes
+    teacher = teacher / teacher.sum(-1, keepdim=True)
+
+    def gap(p):
+        return float((teacher * (teacher.log() - p.log())).sum(-1).mean())
+
+    metrics = trainer.contrastive_update(INDICES, plain_payload(teacher))
+    control.contrastive_update(INDICES, plain_payload(teacher))  # no distillation: ignored
+    _, after = trainer.represent_and_predict(INDICES)
+    control.model.eval()
+    with torch.no_grad():
+        logits = control.model.forward_task(control._batch(control.data.public, INDICES))
+    unguided = class_probabilities(logits, temperature=2.0)
+    assert metrics["distill-loss"] > 0
+    assert gap(after) < gap(before) - 0.2
+    assert gap(after) < gap(unguided) - 0.2
+
+
+def test_distillation_reaches_only_single_label_users_and_checks_the_classes():
+    segmentation = tiny_trainer("segformer-seg")
+    assert segmentation.label_space == ""
+    z, predictions = segmentation.represent_and_predict(INDICES)
+    assert predictions is None and z.shape == (8, 16)
+    metrics = segmentation.contrastive_update(INDICES, plain_payload(probs(8, 3, 0)))
+    assert "distill-loss" not in metrics  # a teacher sent to it is ignored
+
+    text = tiny_trainer("bert-text")
+    image = tiny_trainer("cnn-cls")
+    assert text.label_space == image.label_space  # captions and images of the same classes
+    wrong = probs(8, text.model.num_classes + 1, 0)
+    with pytest.raises(ValueError, match="different label spaces"):
+        text.contrastive_update(INDICES, plain_payload(wrong))
+    assert tiny_trainer("cnn-cls", distill_weight=0.0).label_space == ""
+
+
+# ------------------------------------------------------------------ the config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"distill_weight": -1.0}, "distill-weight must be >= 0"),
+        ({"distill_weight": float("nan")}, "distill-weight must be >= 0"),
+        ({"distill_temperature": 0.0}, "distill-temperature must be a positive"),
+        ({"distill_weight": 1.0, "optimizer_state": "separate"}, "optimizer-state"),
+        ({"distill_weight": 1.0, "dp": True, "fallback": "off"}, "dp = false"),
+    ],
+)
+def test_bad_distillation_settings_are_refused(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        RunConfig(**overrides)
