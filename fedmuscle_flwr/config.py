@@ -138,7 +138,7 @@ class RunConfig:
     fallback_last_share: float = 0.5  # bootstrap: share the joined must also win in the last round
     partner_selection: str = "relevance"  # random | relevance (CKA) | complement (1 - CKA) | gain
     partner_exploration: float = 0.25  # all but random: chance that a partner slot is random
-    distill_weight: float = 0.0  # peers of one label space distil predictions on public data
+    distill_weight: float = 1.0  # peers of one label space distil predictions on public data
     distill_temperature: float = 2.0  # T of the predictions sent and of the distillation loss
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
