@@ -176,16 +176,21 @@ def distilling_reply(msg: Message, *, bad: bool = False) -> Message:
     return Message(content, reply_to=msg)
 
 
-def test_each_user_is_taught_by_the_mean_of_its_label_space_peers_only():
-    strategy = FedMuscleStrategy(config(distill_weight=1.0), device="cpu")
+def second_round_payloads(distill_weight: float, bad: int | None = None):
+    """The strategy and each node's round-2 payload after a round of distilling replies."""
+    strategy = FedMuscleStrategy(config(distill_weight=distill_weight), device="cpu")
     grid = FakeGrid(SPACES)
     first = send(strategy, 1, grid)
-    strategy.aggregate_train(1, [distilling_reply(m) for m in first.values()])
-    second = send(strategy, 2, grid)
+    strategy.aggregate_train(1, [distilling_reply(m, bad=n == bad) for n, m in first.items()])
     payloads = {
         node: wire.instruction_from_records(msg.content, public_size=50, dim=DIM).payload
-        for node, msg in second.items()
+        for node, msg in send(strategy, 2, grid).items()
     }
+    return strategy, payloads
+
+
+def test_each_user_is_taught_by_the_mean_of_its_label_space_peers_only():
+    strategy, payloads = second_round_payloads(1.0)
     for node, peers in {11: (12, 13), 12: (11, 13), 13: (11, 12)}.items():
         expected = teacher_mean([probs(4, 3, peer) for peer in peers])
         assert torch.allclose(payloads[node].teacher, expected, atol=1e-6)
@@ -199,34 +204,17 @@ def test_each_user_is_taught_by_the_mean_of_its_label_space_peers_only():
 
 
 def test_without_distill_weight_predictions_teach_no_one():
-    strategy = FedMuscleStrategy(config(distill_weight=0.0), device="cpu")
-    grid = FakeGrid(SPACES)
-    first = send(strategy, 1, grid)
-    strategy.aggregate_train(1, [distilling_reply(m) for m in first.values()])
-    second = send(strategy, 2, grid)
-    for msg in second.values():
-        payload = wire.instruction_from_records(msg.content, public_size=50, dim=DIM).payload
-        assert payload.teacher is None
+    strategy, payloads = second_round_payloads(0.0)
+    assert all(payload.teacher is None for payload in payloads.values())
     assert strategy.results.rounds[0].teachers == {}
 
 
 def test_bad_predictions_leave_only_their_sender_out_and_teach_no_one():
-    strategy = FedMuscleStrategy(config(distill_weight=1.0), device="cpu")
-    grid = FakeGrid(SPACES)
-    first = send(strategy, 1, grid)
-    strategy.aggregate_train(
-        1, [distilling_reply(m, bad=node == 13) for node, m in first.items()]
-    )
+    strategy, payloads = second_round_payloads(1.0, bad=13)
     record = strategy.results.rounds[0]
-    assert list(record.failed) == ["user-13"] and "representation/predictions" in str(
-        record.failed["user-13"]
-    )
-    second = send(strategy, 2, grid)
-    payloads = {
-        node: wire.instruction_from_records(msg.content, public_size=50, dim=DIM).payload
-        for node, msg in second.items()
-    }
-    assert 13 not in payloads or payloads[13] is None
+    assert list(record.failed) == ["user-13"]
+    assert "representation/predictions" in record.failed["user-13"]
+    assert payloads.get(13) is None
     assert torch.allclose(payloads[11].teacher, probs(4, 3, 12), atol=1e-6)
     assert record.teachers["user-11"] == ["user-12"]
 
