@@ -258,13 +258,6 @@ class RunConfig:
                 f"distill-weight must be >= 0 (0: no distillation), got {self.distill_weight!r}"
             )
         _positive("distill_temperature", self.distill_temperature)
-        distils = self.distill_weight > 0 and self.collaborative
-        if distils and (self.dp or self.optimizer_state == "separate"):
-            raise ConfigError(
-                "distill-weight > 0 trains the task head on the public batch, through the "
-                'task\'s optimiser: it needs optimizer-state = "shared" and dp = false '
-                "(set distill-weight = 0 otherwise)"
-            )
         if not (math.isfinite(self.contrastive_weight) and self.contrastive_weight >= 0):
             raise ConfigError(f"contrastive-weight must be >= 0, got {self.contrastive_weight!r}")
         if not 0 < self.fraction_train <= 1:

@@ -268,8 +268,15 @@ class Trainer:
 
     @property
     def label_space(self) -> str:
-        """The key of the classes this user predicts, when it distils ("" otherwise)."""
+        """The key of the classes this user predicts, when it distils ("" otherwise).
+
+        A user distils with ``distill-weight`` > 0, a single-label task with named classes,
+        and the task's optimiser on its collaborative steps: not with DP or
+        ``optimizer-state = "separate"``, whose contrastive optimiser leaves the head out.
+        """
         if self.settings.distill_weight <= 0 or not self.model.task_type.single_label:
+            return ""
+        if self.contrastive_optimizer is not None:
             return ""
         names = self.data.label_space
         return label_space_key(names) if names else ""
