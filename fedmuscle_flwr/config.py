@@ -35,6 +35,7 @@ PUBLIC_NORMS = ("train", "frozen")  # norm layers on the public batch: batch sta
 GATES = ("off", "validation", "paired")
 # complement: least similar first; gain: fedmuscle_flwr.partner_gain
 PARTNER_SELECTIONS = ("random", "relevance", "complement", "gain")
+DISTILL_TEACHERS = ("mean", "confidence")
 OPTIMIZER_STATES = ("shared", "separate")
 SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
 FALLBACKS = ("off", "local", "auto")  # local: each user also trains alone, keeps the better
@@ -71,6 +72,7 @@ COLLABORATION_KEYS = frozenset(
         "partner-exploration",
         "distill-weight",
         "distill-temperature",
+        "distill-teacher",
         "optimizer-state",
         "quorum",
         "screening",
@@ -140,6 +142,7 @@ class RunConfig:
     partner_exploration: float = 0.25  # all but random: chance that a partner slot is random
     distill_weight: float = 1.0  # peers of one label space distil predictions on public data
     distill_temperature: float = 2.0  # T of the predictions sent and of the distillation loss
+    distill_teacher: str = "mean"  # mean of the peers | confidence-weighted per public sample
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
     screening_min_rounds: int = 5  # rounds scored before "exclude" may leave a user out
@@ -164,6 +167,7 @@ class RunConfig:
         _choice("projection", self.projection, PROJECTIONS)
         _choice("gate", self.gate, GATES)
         _choice("partner_selection", self.partner_selection, PARTNER_SELECTIONS)
+        _choice("distill_teacher", self.distill_teacher, DISTILL_TEACHERS)
         _choice("screening", self.screening, SCREENING_MODES)
         _choice("fallback", self.fallback, FALLBACKS)
         _choice("fallback_criterion", self.fallback_criterion, FALLBACK_CRITERIA)

@@ -30,7 +30,7 @@ from fedmuscle_flwr import wire
 from fedmuscle_flwr.aggregation import best_device, build_payloads
 from fedmuscle_flwr.algorithms import get_algorithm
 from fedmuscle_flwr.config import RunConfig
-from fedmuscle_flwr.loss import teacher_mean
+from fedmuscle_flwr.loss import teacher_by_confidence, teacher_mean
 from fedmuscle_flwr.partner_gain import gain_scores
 from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo
@@ -423,9 +423,13 @@ class FedMuscleStrategy(Strategy):
         """Give each user the mean predictions of its label-space peers (distillation).
 
         Peers are every other user of the same label space whose Z made it into this
-        round's payloads (a screened-out user teaches no one), not only its partners.
+        round's payloads (a screened-out user teaches no one), not only its partners; their
+        predictions are averaged, or weighted per sample by their certainty
+        (``distill-teacher``).
         """
         names = {node: self._user_name(node) for node in payloads}
+        by_confidence = self.config.distill_teacher == "confidence"
+        consensus = teacher_by_confidence if by_confidence else teacher_mean
         out = dict(payloads)
         for node, payload in payloads.items():
             if node not in predictions:
@@ -438,7 +442,7 @@ class FedMuscleStrategy(Strategy):
             )  # fmt: skip
             if not peers:
                 continue
-            teacher = teacher_mean([predictions[other][1] for other in peers])
+            teacher = consensus([predictions[other][1] for other in peers])
             out[node] = replace(payload, teacher=teacher)
             record.teachers[names[node]] = [names[other] for other in peers]
         return out

@@ -19,6 +19,7 @@ from fedmuscle_flwr.loss import (
     class_probabilities,
     distillation_loss,
     label_space_key,
+    teacher_by_confidence,
     teacher_mean,
 )
 from fedmuscle_flwr.payload import UserPayload
@@ -91,6 +92,48 @@ def test_teacher_mean_is_a_probability_row_and_refuses_mixed_shapes():
         teacher_mean([probs(5, 3, 0), probs(5, 4, 1)])
     with pytest.raises(ValueError, match="at least one teacher"):
         teacher_mean([])
+
+
+def certainty(p: torch.Tensor) -> torch.Tensor:
+    return 1 - (-(p * p.log()).sum(-1)) / torch.log(torch.tensor(float(p.shape[-1])))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    teachers=st.integers(1, 4),
+    rows=st.integers(1, 5),
+    classes=st.integers(2, 6),
+    seed=st.integers(0, 10_000),
+)
+def test_the_confidence_weighted_teacher_is_a_convex_mix_of_the_peers_rows(
+    teachers, rows, classes, seed
+):
+    peers = [probs(rows, classes, seed + m) for m in range(teachers)]
+    teacher = teacher_by_confidence(peers)
+    stacked = torch.stack(peers)
+    assert torch.allclose(teacher.sum(-1), torch.ones(rows), atol=1e-5)
+    # a convex mix per row and class: within the peers' range
+    assert (teacher >= stacked.min(0).values - 1e-6).all()
+    assert (teacher <= stacked.max(0).values + 1e-6).all()
+    # the surer peer on a row pulls the mix towards itself (two peers)
+    if teachers == 2:
+        a, b = peers
+        sure_a = certainty(a) > certainty(b) + 1e-4
+        closer_a = (teacher - a).abs().sum(-1) <= (teacher - b).abs().sum(-1) + 1e-6
+        assert closer_a[sure_a].all()
+
+
+def test_a_sure_peer_outweighs_an_unsure_one_and_equal_certainty_gives_the_mean():
+    sure = torch.tensor([[0.97, 0.01, 0.01, 0.01]])
+    unsure = torch.tensor([[0.25, 0.25, 0.25, 0.25]])
+    assert torch.allclose(teacher_by_confidence([sure, unsure]), sure, atol=1e-6)
+    assert torch.allclose(teacher_by_confidence([unsure, unsure]), unsure)  # no one sure: mean
+    mirrored = torch.tensor([[0.01, 0.97, 0.01, 0.01]])
+    assert torch.allclose(
+        teacher_by_confidence([sure, mirrored]), teacher_mean([sure, mirrored]), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="one \\(B, K\\) shape"):
+        teacher_by_confidence([sure, torch.tensor([[0.5, 0.5]])])
 
 
 # ------------------------------------------------------------------ the wire
@@ -176,9 +219,10 @@ def distilling_reply(msg: Message, *, bad: bool = False) -> Message:
     return Message(content, reply_to=msg)
 
 
-def second_round_payloads(distill_weight: float, bad: int | None = None):
+def second_round_payloads(distill_weight: float, bad: int | None = None, **overrides):
     """The strategy and each node's round-2 payload after a round of distilling replies."""
-    strategy = FedMuscleStrategy(config(distill_weight=distill_weight), device="cpu")
+    run_config = config(distill_weight=distill_weight, **overrides)
+    strategy = FedMuscleStrategy(run_config, device="cpu")
     grid = FakeGrid(SPACES)
     first = send(strategy, 1, grid)
     strategy.aggregate_train(1, [distilling_reply(m, bad=n == bad) for n, m in first.items()])
@@ -201,6 +245,15 @@ def test_each_user_is_taught_by_the_mean_of_its_label_space_peers_only():
         "user-12": ["user-11", "user-13"],
         "user-13": ["user-11", "user-12"],
     }
+
+
+def test_distill_teacher_confidence_weights_the_same_peers_by_their_certainty():
+    strategy, payloads = second_round_payloads(1.0, distill_teacher="confidence")
+    for node, peers in {11: (12, 13), 12: (11, 13), 13: (11, 12)}.items():
+        expected = teacher_by_confidence([probs(4, 3, peer) for peer in peers])
+        assert torch.allclose(payloads[node].teacher, expected, atol=1e-6)
+        assert not torch.allclose(expected, teacher_mean([probs(4, 3, p) for p in peers]))
+    assert strategy.results.rounds[0].teachers["user-11"] == ["user-12", "user-13"]
 
 
 def test_without_distill_weight_predictions_teach_no_one():
@@ -293,6 +346,7 @@ def test_distillation_reaches_only_single_label_users_and_checks_the_classes():
         ({"distill_weight": -1.0}, "distill-weight must be >= 0"),
         ({"distill_weight": float("nan")}, "distill-weight must be >= 0"),
         ({"distill_temperature": 0.0}, "distill-temperature must be a positive"),
+        ({"distill_teacher": "median"}, "distill-teacher must be one of"),
     ],
 )
 def test_bad_distillation_settings_are_refused(overrides, match):

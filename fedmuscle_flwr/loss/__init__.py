@@ -16,6 +16,7 @@ from fedmuscle_flwr.loss.distillation import (
     class_probabilities,
     distillation_loss,
     label_space_key,
+    teacher_by_confidence,
     teacher_mean,
 )
 from fedmuscle_flwr.loss.muscle import (
@@ -41,5 +42,6 @@ __all__ = [
     "muscle_loss",
     "pairwise_log_alpha",
     "pairwise_loss",
+    "teacher_by_confidence",
     "teacher_mean",
 ]

@@ -15,13 +15,20 @@ never sees the class names themselves.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["class_probabilities", "distillation_loss", "label_space_key", "teacher_mean"]
+__all__ = [
+    "class_probabilities",
+    "distillation_loss",
+    "label_space_key",
+    "teacher_by_confidence",
+    "teacher_mean",
+]
 
 
 def label_space_key(names: Sequence[str]) -> str:
@@ -40,12 +47,26 @@ def class_probabilities(logits: Tensor, *, temperature: float) -> Tensor:
 
 def teacher_mean(probabilities: Sequence[Tensor]) -> Tensor:
     """The teachers' consensus: the mean of their (B, K) probability rows."""
-    if not probabilities:
-        raise ValueError("teacher_mean needs at least one teacher")
-    shapes = {tuple(p.shape) for p in probabilities}
-    if len(shapes) != 1:
-        raise ValueError(f"teachers' probabilities must share one (B, K) shape, got {shapes}")
-    return torch.stack([p.float() for p in probabilities]).mean(dim=0)
+    return _stack(probabilities).mean(dim=0)
+
+
+def teacher_by_confidence(probabilities: Sequence[Tensor]) -> Tensor:
+    """The teachers' consensus with each row weighted by that teacher's certainty on it.
+
+    A teacher's certainty on a public sample is ``1 - H(p) / log K`` (1: one-hot, 0:
+    uniform), so a peer that cannot tell a sample's class barely moves the consensus on it
+    while a sure peer dominates; where every teacher is uniform the plain mean is kept.
+    Equal certainties give :func:`teacher_mean`.
+    """
+    stacked = _stack(probabilities)  # (M, B, K)
+    k = stacked.shape[-1]
+    entropy = -(stacked * stacked.clamp_min(1e-12).log()).sum(dim=-1)  # (M, B)
+    certainty = (1.0 - entropy / math.log(k)).clamp(0.0, 1.0)
+    total = certainty.sum(dim=0, keepdim=True)  # (1, B)
+    uniform = total <= 1e-6
+    weights = torch.where(uniform, torch.ones_like(certainty), certainty)
+    weights = weights / weights.sum(dim=0, keepdim=True)
+    return (weights.unsqueeze(-1) * stacked).sum(dim=0)
 
 
 def distillation_loss(logits: Tensor, teacher: Tensor, *, temperature: float) -> Tensor:
@@ -64,6 +85,16 @@ def distillation_loss(logits: Tensor, teacher: Tensor, *, temperature: float) ->
     teacher = teacher.to(log_student)
     kl = F.kl_div(log_student, teacher, reduction="batchmean")
     return kl * temperature**2
+
+
+def _stack(probabilities: Sequence[Tensor]) -> Tensor:
+    """The teachers' (B, K) rows as one (M, B, K) float32 tensor, shapes checked."""
+    if not probabilities:
+        raise ValueError("a teacher consensus needs at least one teacher")
+    shapes = {tuple(p.shape) for p in probabilities}
+    if len(shapes) != 1:
+        raise ValueError(f"teachers' probabilities must share one (B, K) shape, got {shapes}")
+    return torch.stack([p.float() for p in probabilities])
 
 
 def _check_temperature(temperature: float) -> None:
