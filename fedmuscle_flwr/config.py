@@ -142,7 +142,7 @@ class RunConfig:
     partner_exploration: float = 0.25  # all but random: chance that a partner slot is random
     distill_weight: float = 1.0  # peers of one label space distil predictions on public data
     distill_temperature: float = 2.0  # T of the predictions sent and of the distillation loss
-    distill_teacher: str = "mean"  # mean of the peers | confidence-weighted per public sample
+    distill_teacher: str = "confidence"  # confidence-weighted per public sample | plain mean
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
     screening_min_rounds: int = 5  # rounds scored before "exclude" may leave a user out

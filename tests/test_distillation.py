@@ -136,6 +136,16 @@ def test_a_sure_peer_outweighs_an_unsure_one_and_equal_certainty_gives_the_mean(
         teacher_by_confidence([sure, torch.tensor([[0.5, 0.5]])])
 
 
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 5), classes=st.integers(2, 6), seed=st.integers(0, 10_000))
+def test_a_lone_peer_is_the_teacher_under_either_rule_bit_for_bit(rows, classes, seed):
+    """With one label-space peer (the real-data federation's pairs) the rule cannot matter."""
+    peer = probs(rows, classes, seed)
+    peer[0] = 1.0 / classes  # a uniform row takes the fallback branch
+    assert torch.equal(teacher_by_confidence([peer]), peer)
+    assert torch.equal(teacher_mean([peer]), peer)
+
+
 # ------------------------------------------------------------------ the wire
 
 
@@ -234,7 +244,7 @@ def second_round_payloads(distill_weight: float, bad: int | None = None, **overr
 
 
 def test_each_user_is_taught_by_the_mean_of_its_label_space_peers_only():
-    strategy, payloads = second_round_payloads(1.0)
+    strategy, payloads = second_round_payloads(1.0, distill_teacher="mean")
     for node, peers in {11: (12, 13), 12: (11, 13), 13: (11, 12)}.items():
         expected = teacher_mean([probs(4, 3, peer) for peer in peers])
         assert torch.allclose(payloads[node].teacher, expected, atol=1e-6)
@@ -248,7 +258,8 @@ def test_each_user_is_taught_by_the_mean_of_its_label_space_peers_only():
 
 
 def test_distill_teacher_confidence_weights_the_same_peers_by_their_certainty():
-    strategy, payloads = second_round_payloads(1.0, distill_teacher="confidence")
+    strategy, payloads = second_round_payloads(1.0)  # the default: distill-teacher = "confidence"
+    assert strategy.config.distill_teacher == "confidence"
     for node, peers in {11: (12, 13), 12: (11, 13), 13: (11, 12)}.items():
         expected = teacher_by_confidence([probs(4, 3, peer) for peer in peers])
         assert torch.allclose(payloads[node].teacher, expected, atol=1e-6)
