@@ -36,6 +36,9 @@ GATES = ("off", "validation", "paired")
 # complement: least similar first; gain: fedmuscle_flwr.partner_gain
 PARTNER_SELECTIONS = ("random", "relevance", "complement", "gain")
 DISTILL_TEACHERS = ("mean", "confidence")
+# how a public sample counts in a student's distillation loss: equally, or by its teacher's
+# certainty
+DISTILL_ROW_WEIGHTS = ("uniform", "certainty")
 OPTIMIZER_STATES = ("shared", "separate")
 SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
 FALLBACKS = ("off", "local", "auto")  # local: each user also trains alone, keeps the better
@@ -73,6 +76,7 @@ COLLABORATION_KEYS = frozenset(
         "distill-weight",
         "distill-temperature",
         "distill-teacher",
+        "distill-row-weight",
         "optimizer-state",
         "quorum",
         "screening",
@@ -143,6 +147,7 @@ class RunConfig:
     distill_weight: float = 1.0  # peers of one label space distil predictions on public data
     distill_temperature: float = 2.0  # T of the predictions sent and of the distillation loss
     distill_teacher: str = "confidence"  # confidence-weighted per public sample | plain mean
+    distill_row_weight: str = "uniform"  # uniform | certainty (KL rows x teacher certainty)
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
     screening_min_rounds: int = 5  # rounds scored before "exclude" may leave a user out
@@ -168,6 +173,7 @@ class RunConfig:
         _choice("gate", self.gate, GATES)
         _choice("partner_selection", self.partner_selection, PARTNER_SELECTIONS)
         _choice("distill_teacher", self.distill_teacher, DISTILL_TEACHERS)
+        _choice("distill_row_weight", self.distill_row_weight, DISTILL_ROW_WEIGHTS)
         _choice("screening", self.screening, SCREENING_MODES)
         _choice("fallback", self.fallback, FALLBACKS)
         _choice("fallback_criterion", self.fallback_criterion, FALLBACK_CRITERIA)

@@ -20,6 +20,7 @@ from fedmuscle_flwr.loss import (
     distillation_loss,
     label_space_key,
     teacher_by_confidence,
+    teacher_certainty,
     teacher_mean,
 )
 from fedmuscle_flwr.payload import UserPayload
@@ -74,6 +75,33 @@ def test_a_gradient_step_on_the_distillation_loss_moves_the_student_to_the_teach
         after = float(distillation_loss(logits - 0.5 * logits.grad, teacher, temperature=2.0))
     assert after < before
     assert (logits.grad[:, 0] < 0).all()  # the teacher's class gains
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 6), classes=st.integers(2, 7), seed=st.integers(0, 10_000))
+def test_row_weights_scale_each_rows_share_of_the_distillation_loss(rows, classes, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, classes, generator=g) * 2
+    teacher = probs(rows, classes, seed + 1)
+    plain = distillation_loss(logits, teacher, temperature=2.0)
+    ones = distillation_loss(logits, teacher, temperature=2.0, row_weights=torch.ones(rows))
+    assert torch.allclose(plain, ones, rtol=1e-5, atol=1e-6)  # all ones: the plain loss
+    zeros = distillation_loss(logits, teacher, temperature=2.0, row_weights=torch.zeros(rows))
+    assert float(zeros) == 0.0  # a row of weight 0 never pulls
+    first = torch.zeros(rows)
+    first[0] = 1.0
+    alone = distillation_loss(logits[:1], teacher[:1], temperature=2.0)
+    weighted = distillation_loss(logits, teacher, temperature=2.0, row_weights=first)
+    assert torch.allclose(weighted, alone / rows, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one per row"):
+        distillation_loss(logits, teacher, temperature=2.0, row_weights=torch.ones(rows + 1))
+
+
+def test_teacher_certainty_is_one_for_one_hot_and_zero_for_uniform_rows():
+    rows = torch.tensor([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.6, 0.3, 0.1]])
+    certainty = teacher_certainty(rows)
+    assert certainty[0] == pytest.approx(1.0) and certainty[1] == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 < float(certainty[2]) < 1.0
 
 
 def test_label_space_key_names_the_classes_in_order_and_their_count():
@@ -327,6 +355,24 @@ def test_contrastive_steps_with_a_teacher_move_the_users_predictions_to_it():
     assert gap(after) < gap(unguided) - 0.2
 
 
+def test_with_certainty_row_weights_a_uniform_teacher_row_adds_nothing_to_the_loss():
+    classes = tiny_trainer("cnn-cls").model.num_classes
+    teacher = F.one_hot(torch.arange(8) % classes, classes).float() * 0.9 + 0.1 / classes
+    teacher = teacher / teacher.sum(-1, keepdim=True)
+    uniform = torch.full((8, classes), 1.0 / classes)
+
+    def distill_loss(row_weight: str, rows: torch.Tensor) -> float:
+        trainer = tiny_trainer(
+            "cnn-cls", contrastive_steps=1, contrastive_weight=0.0, distill_row_weight=row_weight
+        )
+        return trainer.contrastive_update(INDICES, plain_payload(rows))["distill-loss"]
+
+    assert distill_loss("uniform", uniform) > 0  # the student is not uniform
+    assert distill_loss("certainty", uniform) == pytest.approx(0.0, abs=1e-7)
+    mixed = torch.cat([teacher[:4], uniform[4:]])  # four sure rows, four that cannot tell
+    assert distill_loss("certainty", mixed) < distill_loss("uniform", mixed)
+
+
 def test_distillation_reaches_only_single_label_users_and_checks_the_classes():
     segmentation = tiny_trainer("segformer-seg")
     assert segmentation.label_space == ""
@@ -358,6 +404,7 @@ def test_distillation_reaches_only_single_label_users_and_checks_the_classes():
         ({"distill_weight": float("nan")}, "distill-weight must be >= 0"),
         ({"distill_temperature": 0.0}, "distill-temperature must be a positive"),
         ({"distill_teacher": "median"}, "distill-teacher must be one of"),
+        ({"distill_row_weight": "entropy"}, "distill-row-weight must be one of"),
     ],
 )
 def test_bad_distillation_settings_are_refused(overrides, match):

@@ -17,6 +17,7 @@ from fedmuscle_flwr.loss.distillation import (
     distillation_loss,
     label_space_key,
     teacher_by_confidence,
+    teacher_certainty,
     teacher_mean,
 )
 from fedmuscle_flwr.loss.muscle import (
@@ -43,5 +44,6 @@ __all__ = [
     "pairwise_log_alpha",
     "pairwise_loss",
     "teacher_by_confidence",
+    "teacher_certainty",
     "teacher_mean",
 ]

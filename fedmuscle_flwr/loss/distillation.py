@@ -27,6 +27,7 @@ __all__ = [
     "distillation_loss",
     "label_space_key",
     "teacher_by_confidence",
+    "teacher_certainty",
     "teacher_mean",
 ]
 
@@ -50,18 +51,23 @@ def teacher_mean(probabilities: Sequence[Tensor]) -> Tensor:
     return _stack(probabilities).mean(dim=0)
 
 
+def teacher_certainty(probabilities: Tensor) -> Tensor:
+    """``1 - H(p) / log K`` of each (..., K) probability row: 1 one-hot, 0 uniform."""
+    k = probabilities.shape[-1]
+    entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=-1)
+    return (1.0 - entropy / math.log(k)).clamp(0.0, 1.0)
+
+
 def teacher_by_confidence(probabilities: Sequence[Tensor]) -> Tensor:
     """The teachers' consensus with each row weighted by that teacher's certainty on it.
 
-    A teacher's certainty on a public sample is ``1 - H(p) / log K`` (1: one-hot, 0:
-    uniform), so a peer that cannot tell a sample's class barely moves the consensus on it
-    while a sure peer dominates; where every teacher is uniform the plain mean is kept.
-    Equal certainties give :func:`teacher_mean`.
+    A teacher's certainty on a public sample is :func:`teacher_certainty`, so a peer that
+    cannot tell a sample's class barely moves the consensus on it while a sure peer
+    dominates; where every teacher is uniform the plain mean is kept. Equal certainties
+    give :func:`teacher_mean`.
     """
     stacked = _stack(probabilities)  # (M, B, K)
-    k = stacked.shape[-1]
-    entropy = -(stacked * stacked.clamp_min(1e-12).log()).sum(dim=-1)  # (M, B)
-    certainty = (1.0 - entropy / math.log(k)).clamp(0.0, 1.0)
+    certainty = teacher_certainty(stacked)  # (M, B)
     total = certainty.sum(dim=0, keepdim=True)  # (1, B)
     uniform = total <= 1e-6
     weights = torch.where(uniform, torch.ones_like(certainty), certainty)
@@ -69,12 +75,15 @@ def teacher_by_confidence(probabilities: Sequence[Tensor]) -> Tensor:
     return (weights.unsqueeze(-1) * stacked).sum(dim=0)
 
 
-def distillation_loss(logits: Tensor, teacher: Tensor, *, temperature: float) -> Tensor:
-    """``T^2 * KL(teacher || softmax(logits / T))``, averaged over the B rows.
+def distillation_loss(
+    logits: Tensor, teacher: Tensor, *, temperature: float, row_weights: Tensor | None = None
+) -> Tensor:
+    """``T^2 * mean_i w_i KL(teacher_i || softmax(logits_i / T))`` over the B rows.
 
-    Shapes: logits (B, K) with grad; teacher (B, K) probability rows (constants). Zero
-    exactly when the student's tempered softmax equals the teacher; the T^2 keeps the
-    gradient's scale independent of T (Hinton et al., 2015).
+    Shapes: logits (B, K) with grad; teacher (B, K) probability rows (constants);
+    row_weights (B,) in [0, 1] or None (every w_i = 1). Zero exactly when the student's
+    tempered softmax equals the teacher on every weighted row; the T^2 keeps the gradient's
+    scale independent of T (Hinton et al., 2015).
     """
     _check_temperature(temperature)
     if logits.shape != teacher.shape or logits.dim() != 2:
@@ -83,7 +92,15 @@ def distillation_loss(logits: Tensor, teacher: Tensor, *, temperature: float) ->
         )
     log_student = F.log_softmax(logits.float() / temperature, dim=-1)
     teacher = teacher.to(log_student)
-    kl = F.kl_div(log_student, teacher, reduction="batchmean")
+    if row_weights is None:
+        kl = F.kl_div(log_student, teacher, reduction="batchmean")
+    else:
+        if row_weights.shape != logits.shape[:1]:
+            raise ValueError(
+                f"row_weights {tuple(row_weights.shape)} must be ({logits.shape[0]},), one per row"
+            )
+        rows = F.kl_div(log_student, teacher, reduction="none").sum(dim=-1)
+        kl = (row_weights.to(rows) * rows).mean()
     return kl * temperature**2
 
 

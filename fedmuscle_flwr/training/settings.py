@@ -39,6 +39,7 @@ class TrainSettings:
     fallback_last_share: float = 0.0  # bootstrap: share the joined must win in the last round
     distill_weight: float = 0.0  # weight of the distillation loss on the public batch
     distill_temperature: float = 2.0
+    distill_row_weight: str = "uniform"  # or "certainty": each row by its teacher's certainty
     dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     private_steps: int = 0  # the most DP steps the run can take (sets the noise)
@@ -76,6 +77,7 @@ class TrainSettings:
             fallback_last_share=config.fallback_last_share,
             distill_weight=config.distill_weight,
             distill_temperature=config.distill_temperature,
+            distill_row_weight=config.distill_row_weight,
             dp=config.dp,
             privacy=PrivacySettings(
                 epsilon=config.dp_epsilon,

@@ -17,7 +17,12 @@ from torch import Tensor
 from fedmuscle_flwr.algorithms import get_algorithm
 from fedmuscle_flwr.data.batches import CollatedSplit
 from fedmuscle_flwr.data.users import UserData
-from fedmuscle_flwr.loss import class_probabilities, distillation_loss, label_space_key
+from fedmuscle_flwr.loss import (
+    class_probabilities,
+    distillation_loss,
+    label_space_key,
+    teacher_certainty,
+)
 from fedmuscle_flwr.models import ClientModel
 from fedmuscle_flwr.payload import UserPayload
 from fedmuscle_flwr.privacy import PrivateSteps, make_private_model, task_parameters
@@ -233,7 +238,8 @@ class Trainer:
         ``contrastive_weight``). With ``distill-weight`` > 0 and a teacher in the payload
         (*beyond the paper*), each step also minimises ``distill-weight`` times the
         distillation loss of the user's logits on the batch against its label-space peers'
-        mean predictions; the gate's scale applies to both terms. With ``gate =
+        consensus (each row weighted by the teacher's certainty with ``distill-row-weight =
+        "certainty"``); the gate's scale applies to both terms. With ``gate =
         "validation"`` the steps are kept only if the validation loss did not rise by more
         than ``gate_tolerance`` (relative); otherwise model and optimiser are rolled back
         and the gate halves this user's lambda, which doubles back (up to 1x) after each
@@ -309,6 +315,9 @@ class Trainer:
             weight = 1.0
         self.model.train()
         losses, distilled = [], []
+        row_weights = None
+        if teacher is not None and self.settings.distill_row_weight == "certainty":
+            row_weights = teacher_certainty(teacher.float())
         hooks = (
             contextlib.nullcontext()
             if self.private is None
@@ -328,7 +337,10 @@ class Trainer:
                 loss = contrastive
                 if teacher is not None:
                     kd = distillation_loss(
-                        logits, teacher, temperature=self.settings.distill_temperature
+                        logits,
+                        teacher,
+                        temperature=self.settings.distill_temperature,
+                        row_weights=row_weights,
                     )
                     loss = loss + distill_weight * kd
                     distilled.append(float(kd.detach()))
