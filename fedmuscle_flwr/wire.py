@@ -15,7 +15,8 @@ Record layout in a message's :class:`~flwr.app.RecordDict`:
   :func:`fedmuscle_flwr.loss.label_space_key`).
 - payload: ArrayRecord ``"muscle"`` with ``"others"`` (M, B, d), ``"log-alpha-pairs"``
   (C(M,2), B, B), in dense form ``"aggregated"`` (B^M, d) and ``"log-alpha"`` (B^M,), and,
-  with distillation, ``"teacher"`` (B, K) (the peers' mean class probabilities);
+  with distillation, ``"teacher"`` (B, K) (the peers' consensus class probabilities, see
+  ``distill-teacher``);
   ConfigRecord ``"muscle.meta"`` with ``round``, ``partner-ids``, ``form`` (``factored``,
   ``dense``, or ``partners`` when only the partners' rows are sent: pairwise, ensemble).
 - instruction (server -> client, one per round): ConfigRecord ``"instruction"`` with

@@ -3,10 +3,13 @@
 Users whose tasks share one label space (the same class names, in the same order: two
 image classifiers of one task, or an image and a text classifier of the same classes)
 teach each other on the public batch: each sends its class probabilities at temperature
-T beside its Z, the server averages its peers' (FedMD-style consensus), and the user's
+T beside its Z, the server forms its peers' consensus (FedMD-style: their mean, or each
+peer weighted per sample by its certainty, ``distill-teacher``), and the user's
 collaborative step adds the distillation loss
 
-    L_kd = T^2 * mean_i KL(teacher_i || softmax(logits_i / T))
+    L_kd = T^2 * mean_i w_i KL(teacher_i || softmax(logits_i / T))
+
+(w_i = 1, or the teacher's certainty on row i with ``distill-row-weight = "certainty"``)
 
 to lambda * L_muscle. A label space is named by :func:`label_space_key`, so the server
 never sees the class names themselves.
