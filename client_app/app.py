@@ -139,7 +139,8 @@ def _round_work(
     """The round's contrastive and supervised steps, evaluation and next Z (as records).
 
     A user that distils (``distill-weight`` > 0, a single-label task) sends its class
-    probabilities on the next batch beside Z.
+    probabilities on the next batch beside Z; a multi-label user with ``distill-presence``
+    sends the key of its output names instead, asking for its single-label peers' teacher.
     """
     metrics = trainer.train_round(
         instruction.contrast_indices,
@@ -157,5 +158,6 @@ def _round_work(
             digest=wire.batch_digest(instruction.next_indices),
             predictions=predictions,
             label_space=trainer.label_space,
+            teacher_space="" if predictions is not None else trainer.teacher_space,
         )
     return metrics, representation

@@ -77,6 +77,7 @@ COLLABORATION_KEYS = frozenset(
         "distill-temperature",
         "distill-teacher",
         "distill-row-weight",
+        "distill-presence",
         "optimizer-state",
         "quorum",
         "screening",
@@ -148,6 +149,7 @@ class RunConfig:
     distill_temperature: float = 2.0  # T of the predictions sent and of the distillation loss
     distill_teacher: str = "confidence"  # confidence-weighted per public sample | plain mean
     distill_row_weight: str = "uniform"  # uniform | certainty (KL rows x teacher certainty)
+    distill_presence: bool = False  # multi-label users: peers' classes as presence lower bounds
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
     screening_min_rounds: int = 5  # rounds scored before "exclude" may leave a user out

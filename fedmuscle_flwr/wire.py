@@ -12,7 +12,9 @@ Record layout in a message's :class:`~flwr.app.RecordDict`:
   ``distill-weight`` > 0 and a single-label task, ``"predictions"`` (B, K) class
   probabilities; ConfigRecord ``"representation.meta"`` with ``round``, ``rows``, ``dim``,
   ``batch-digest`` and, with predictions, ``label-space`` (a key of the class names,
-  :func:`fedmuscle_flwr.loss.label_space_key`).
+  :func:`fedmuscle_flwr.loss.label_space_key`); a user that takes a teacher without
+  sending predictions (a multi-label user with ``distill-presence``) sends
+  ``teacher-space`` instead, the key of its output names.
 - payload: ArrayRecord ``"muscle"`` with ``"others"`` (M, B, d), ``"log-alpha-pairs"``
   (C(M,2), B, B), in dense form ``"aggregated"`` (B^M, d) and ``"log-alpha"`` (B^M,), and,
   with distillation, ``"teacher"`` (B, K) (the peers' consensus class probabilities, see
@@ -83,6 +85,7 @@ __all__ = [
     "reply_user",
     "representation_from_records",
     "representation_to_records",
+    "teacher_request_from_records",
 ]
 
 #: Largest gRPC message Flower accepts (``flwr.supercore.grpc.GRPC_MAX_MESSAGE_LENGTH`` in
@@ -114,11 +117,13 @@ def representation_to_records(
     digest: str,
     predictions: Tensor | None = None,
     label_space: str = "",
+    teacher_space: str = "",
 ) -> RecordDict:
     """Records carrying Z_n (B, d) for ``round_id``; bfloat16 is sent as float32.
 
     ``predictions`` (B, K) class probabilities on the same batch, with the ``label_space``
-    key they belong to, travel beside Z for distillation.
+    key they belong to, travel beside Z for distillation. ``teacher_space`` asks for a
+    teacher of that label space without sending predictions (``distill-presence``).
     """
     array = z.detach().to(torch.float32 if z.dtype == torch.bfloat16 else z.dtype).cpu()
     arrays = {"z": Array(array.numpy())}
@@ -133,6 +138,10 @@ def representation_to_records(
             raise ValueError("predictions need the label_space they belong to")
         arrays["predictions"] = Array(predictions.detach().float().cpu().numpy())
         meta["label-space"] = label_space
+    if teacher_space:
+        if predictions is not None:
+            raise ValueError("a user sending predictions takes its teacher in its label_space")
+        meta["teacher-space"] = teacher_space
     return RecordDict(
         {
             REPRESENTATION_KEY: ArrayRecord(arrays),
@@ -223,6 +232,37 @@ def predictions_from_records(
             sender=sender,
         )
     return space, probability_rows(array, field, sender)
+
+
+def teacher_request_from_records(content: RecordDict, *, sender: int | None = None) -> str | None:
+    """The label space a reply asks a teacher in without sending predictions, or None.
+
+    Raises
+    ------
+    WireError
+        On a ``teacher-space`` that is not a label-space key (``"<K>:<digest>"``, K >= 2),
+        or one sent beside predictions.
+    """
+    meta = _config(content, f"{REPRESENTATION_KEY}.meta", sender)
+    space = meta.get("teacher-space")
+    if space is None:
+        return None
+    field = f"{REPRESENTATION_KEY}.meta/teacher-space"
+    count, _, digest = space.partition(":") if isinstance(space, str) else ("", "", "")
+    if not (isinstance(space, str) and count.isdigit() and int(count) >= 2 and digest):
+        raise WireError(
+            f"teacher-space must be a label-space key '<K>:<digest>' with K >= 2, got {space!r}",
+            field=field,
+            sender=sender,
+        )
+    if "label-space" in meta:
+        raise WireError(
+            "teacher-space and label-space together: a user sending predictions takes its "
+            "teacher in its label space",
+            field=field,
+            sender=sender,
+        )
+    return space
 
 
 # ----------------------------------------------------------------- payload

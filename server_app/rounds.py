@@ -37,3 +37,5 @@ class RoundInFlight:
     errors: set[int] = field(default_factory=set)  # nodes whose round failed with an error
     # distillation: node -> (label space, class probabilities on the next batch)
     predictions: dict[int, tuple[str, Tensor]] = field(default_factory=dict)
+    # distillation without predictions (distill-presence): node -> label space it learns from
+    teacher_requests: dict[int, str] = field(default_factory=dict)

@@ -236,7 +236,7 @@ class FedMuscleStrategy(Strategy):
         start = time.perf_counter()
         if state.next is not None:
             state.next.payloads = self._compute_payloads(
-                representations, server_round, record, state.predictions
+                representations, server_round, record, state.predictions, state.teacher_requests
             )
             self._next = state.next
         record.server_ms = (time.perf_counter() - start) * 1000
@@ -344,6 +344,9 @@ class FedMuscleStrategy(Strategy):
                     )
                     if predictions is not None and self.config.distill_weight > 0:
                         state.predictions[node] = predictions
+                    request = wire.teacher_request_from_records(reply.content, sender=node)
+                    if request is not None and self.config.distill_weight > 0:
+                        state.teacher_requests[node] = request
             except wire.WireError as err:
                 representations.pop(node, None)
                 self._fail(record, name, str(err))
@@ -382,6 +385,7 @@ class FedMuscleStrategy(Strategy):
         server_round: int,
         record: RoundRecord,
         predictions: dict[int, tuple[str, torch.Tensor]] | None = None,
+        teacher_requests: dict[int, str] | None = None,
     ) -> dict[int, UserPayload]:
         representations = self._screen(representations, server_round, record)
         if len(representations) < self.config.quorum:
@@ -411,7 +415,7 @@ class FedMuscleStrategy(Strategy):
             for rank, payload in payloads.items()
         }
         if predictions:
-            by_node = self._attach_teachers(by_node, predictions, record)
+            by_node = self._attach_teachers(by_node, predictions, record, teacher_requests or {})
         return by_node
 
     def _attach_teachers(
@@ -419,22 +423,27 @@ class FedMuscleStrategy(Strategy):
         payloads: dict[int, UserPayload],
         predictions: dict[int, tuple[str, torch.Tensor]],
         record: RoundRecord,
+        teacher_requests: dict[int, str],
     ) -> dict[int, UserPayload]:
         """Give each user the mean predictions of its label-space peers (distillation).
 
         Peers are every other user of the same label space whose Z made it into this
         round's payloads (a screened-out user teaches no one), not only its partners; their
         predictions are averaged, or weighted per sample by their certainty
-        (``distill-teacher``).
+        (``distill-teacher``). A user that asked for a teacher without sending predictions
+        (``teacher_requests``, ``distill-presence``) learns from the same peers and teaches
+        no one.
         """
         names = {node: self._user_name(node) for node in payloads}
         by_confidence = self.config.distill_teacher == "confidence"
         consensus = teacher_by_confidence if by_confidence else teacher_mean
+        wanted = {node: space for node, (space, _) in predictions.items()}
+        wanted |= {node: space for node, space in teacher_requests.items() if node not in wanted}
         out = dict(payloads)
         for node, payload in payloads.items():
-            if node not in predictions:
+            if node not in wanted:
                 continue
-            space = predictions[node][0]
+            space = wanted[node]
             peers = sorted(
                 (other for other in payloads if other != node and other in predictions
                  and predictions[other][0] == space),

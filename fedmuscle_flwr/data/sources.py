@@ -68,6 +68,14 @@ class DataSource(ABC):
     def num_classes(self, federation: Federation, task: str) -> int:
         """Classes of ``task`` (labels for multi-label, mask ids for segmentation)."""
 
+    def class_names(self, federation: Federation, task: str) -> tuple[str, ...]:
+        """Names of ``task``'s :meth:`num_classes` classes, in order; () when unnamed.
+
+        Optional: a multi-label user learns presence from single-label peers of the same
+        names (``distill-presence``) only where its source names its classes.
+        """
+        return ()
+
 
 SOURCES: Registry[DataSource] = Registry(
     "data source", ENTRY_POINT_GROUP, named_instance_of(DataSource, "data source")
@@ -128,6 +136,12 @@ class WorldSource(DataSource):
 
         return int(num_classes(self._config(federation), task))
 
+    def class_names(self, federation: Federation, task: str) -> tuple[str, ...]:
+        """Names of ``task``'s classes in the world (shape kinds for the image tasks)."""
+        from fedmuscle_flwr.data.world import class_names
+
+        return tuple(class_names(self._config(federation), task))
+
 
 @register_data_source("real")
 class RealSource(DataSource):
@@ -160,6 +174,12 @@ class RealSource(DataSource):
         from fedmuscle_flwr.data.real import real_num_classes
 
         return int(real_num_classes(task, self._config(federation)))
+
+    def class_names(self, federation: Federation, task: str) -> tuple[str, ...]:
+        """Names of ``task``'s classes in the real-data federation."""
+        from fedmuscle_flwr.data.real import real_class_names
+
+        return tuple(real_class_names(task, self._config(federation)))
 
 
 @register_data_source("hub")
@@ -227,6 +247,13 @@ class HubSource(DataSource):
         if isinstance(label, ClassLabel):
             return int(label.num_classes)
         raise ValueError(f"cannot tell the number of classes of {task!r} from its data")
+
+    def class_names(self, federation: Federation, task: str) -> tuple[str, ...]:
+        """The named data set's class names, from its spec (() for other data sets)."""
+        from fedmuscle_flwr.data.hub import HUB_DATASETS
+
+        spec = HUB_DATASETS.get(str(federation.data.source_options(task).get("name")))
+        return tuple(spec.class_names) if spec is not None else ()
 
 
 def _resolve(base: Path, value: Any) -> Any:

@@ -38,11 +38,17 @@ class UserData:
     image_size: int | None = None
     validation: Dataset | None = None
     label_names: tuple[str, ...] = ()  # names of the ``label`` classes, when a ClassLabel
+    class_names: tuple[str, ...] = ()  # names of the task's num_classes outputs, when known
 
     @property
     def label_space(self) -> tuple[str, ...]:
         """The classes a single-label task predicts, by name (empty when unnamed)."""
         return self.label_names if len(self.label_names) == self.num_classes else ()
+
+    @property
+    def output_space(self) -> tuple[str, ...]:
+        """The names of the task's outputs (e.g. a multi-label task's), empty when unnamed."""
+        return self.class_names if len(self.class_names) == self.num_classes else ()
 
 
 def load_user_data(
@@ -107,6 +113,7 @@ def load_user_data(
         test=split["test"],
         public=public_set,
         num_classes=data_source.num_classes(federation, profile.task),
+        class_names=tuple(data_source.class_names(federation, profile.task)),
         image_size=federation.data.image_size,
     )
 

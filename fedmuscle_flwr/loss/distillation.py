@@ -13,6 +13,12 @@ collaborative step adds the distillation loss
 
 to lambda * L_muscle. A label space is named by :func:`label_space_key`, so the server
 never sees the class names themselves.
+
+A multi-label user whose classes carry the same names (``distill-presence``) sends no
+predictions but takes the same consensus as a lower bound on presence: a single-label
+classifier's class is in the image, so P(class k present) >= P(label = k), and
+:func:`presence_loss` pulls each sigmoid up to that bound where it is below and leaves it
+alone above.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ __all__ = [
     "class_probabilities",
     "distillation_loss",
     "label_space_key",
+    "presence_loss",
     "teacher_by_confidence",
     "teacher_certainty",
     "teacher_mean",
@@ -105,6 +112,39 @@ def distillation_loss(
         rows = F.kl_div(log_student, teacher, reduction="none").sum(dim=-1)
         kl = (row_weights.to(rows) * rows).mean()
     return kl * temperature**2
+
+
+def presence_loss(
+    logits: Tensor, teacher: Tensor, *, temperature: float, row_weights: Tensor | None = None
+) -> Tensor:
+    """Multi-label logits against a single-label teacher read as a lower bound on presence.
+
+    The teacher (B, K) was sent at temperature T; it is first brought back to T = 1 (rows
+    raised to the power T and renormalised, which returns a lone peer's own probabilities).
+    With q = sigmoid(logits) and that bound b, each (row, class) adds the Bernoulli
+    KL(max(b, q) || q): zero where q >= b (a class may be present without being the
+    labelled one), KL(b || q) where q < b, so the gradient on a logit is min(q - b, 0).
+    Summed over classes, mean over rows (or weighted by ``row_weights`` (B,)).
+    """
+    _check_temperature(temperature)
+    if logits.shape != teacher.shape or logits.dim() != 2:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and teacher {tuple(teacher.shape)} must both be (B, K)"
+        )
+    logits = logits.float()
+    sharpened = teacher.to(logits).clamp_min(0.0) ** temperature
+    bound = sharpened / sharpened.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    target = torch.maximum(bound, torch.sigmoid(logits).detach())
+    cross = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    entropy = -(torch.xlogy(target, target) + torch.xlogy(1.0 - target, 1.0 - target))
+    rows = (cross - entropy).sum(dim=-1)
+    if row_weights is None:
+        return rows.mean()
+    if row_weights.shape != logits.shape[:1]:
+        raise ValueError(
+            f"row_weights {tuple(row_weights.shape)} must be ({logits.shape[0]},), one per row"
+        )
+    return (row_weights.to(rows) * rows).mean()
 
 
 def _stack(probabilities: Sequence[Tensor]) -> Tensor:

@@ -97,6 +97,10 @@ class Task(ABC):
         Whether the logits (B, K) are one softmax over the K classes of the data's
         ``label`` column: such users can distil class predictions with peers of the same
         label space (``distill-weight``).
+    multi_label : bool
+        Whether the logits (B, K) are K independent sigmoids over the task's named
+        outputs: such users can learn presence from single-label peers whose classes carry
+        the same names (``distill-presence``).
     """
 
     name: str = ""
@@ -105,6 +109,7 @@ class Task(ABC):
     head: ClassVar[HeadKind] = "pooled"
     primary_metric: ClassVar[str] = ""
     single_label: ClassVar[bool] = False
+    multi_label: ClassVar[bool] = False
 
     @property
     def batch_keys(self) -> tuple[str, ...]:

@@ -87,6 +87,7 @@ class MultiLabelClassification(Task):
     target_key = "labels"
     head = "pooled"
     primary_metric = "map"
+    multi_label = True
 
     def _target(self, logits: Tensor, batch: Batch) -> Tensor:
         target = self.targets(batch, logits.device)

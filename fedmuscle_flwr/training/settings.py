@@ -40,6 +40,7 @@ class TrainSettings:
     distill_weight: float = 0.0  # weight of the distillation loss on the public batch
     distill_temperature: float = 2.0
     distill_row_weight: str = "uniform"  # or "certainty": each row by its teacher's certainty
+    distill_presence: bool = False  # multi-label users learn presence from single-label peers
     dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     private_steps: int = 0  # the most DP steps the run can take (sets the noise)
@@ -78,6 +79,7 @@ class TrainSettings:
             distill_weight=config.distill_weight,
             distill_temperature=config.distill_temperature,
             distill_row_weight=config.distill_row_weight,
+            distill_presence=config.distill_presence,
             dp=config.dp,
             privacy=PrivacySettings(
                 epsilon=config.dp_epsilon,

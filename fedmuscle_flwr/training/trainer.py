@@ -21,6 +21,7 @@ from fedmuscle_flwr.loss import (
     class_probabilities,
     distillation_loss,
     label_space_key,
+    presence_loss,
     teacher_certainty,
 )
 from fedmuscle_flwr.models import ClientModel
@@ -287,9 +288,28 @@ class Trainer:
         names = self.data.label_space
         return label_space_key(names) if names else ""
 
+    @property
+    def teacher_space(self) -> str:
+        """The key of the label space this user takes a teacher in ("" when it takes none).
+
+        A distilling single-label user's :attr:`label_space`; with ``distill-presence``, a
+        multi-label user's output names (it learns presence from single-label peers of
+        those classes and sends no predictions).
+        """
+        if self.label_space:
+            return self.label_space
+        if not self.settings.distill_presence or self.settings.distill_weight <= 0:
+            return ""
+        if not self.model.task_type.multi_label:
+            return ""
+        if self.contrastive_optimizer is not None:
+            return ""
+        names = self.data.output_space
+        return label_space_key(names) if len(names) >= 2 else ""
+
     def _teacher(self, payload: UserPayload) -> Tensor | None:
         """The payload's teacher, checked against this user's classes (None: no distillation)."""
-        if payload.teacher is None or not self.label_space:
+        if payload.teacher is None or not self.teacher_space:
             return None
         if payload.teacher.shape[-1] != self.model.num_classes:
             raise ValueError(
@@ -314,6 +334,7 @@ class Trainer:
                 group["lr"] = self.settings.learning_rate * weight
             weight = 1.0
         self.model.train()
+        teacher_loss = distillation_loss if self.label_space else presence_loss
         losses, distilled = [], []
         row_weights = None
         if teacher is not None and self.settings.distill_row_weight == "certainty":
@@ -336,7 +357,7 @@ class Trainer:
                 contrastive = weight * objective(z) if weight else z.sum() * 0.0
                 loss = contrastive
                 if teacher is not None:
-                    kd = distillation_loss(
+                    kd = teacher_loss(
                         logits,
                         teacher,
                         temperature=self.settings.distill_temperature,
