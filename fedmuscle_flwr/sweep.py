@@ -12,7 +12,10 @@ run-config overrides on top of ``--base``; ``--grid KEY=V1,V2`` adds the cross p
 its values as variants. Each variant is compared with ``algorithm = "local"`` under the
 same overrides, minus the keys that only matter to collaboration, so local baselines are
 shared between variants that differ only in those. Runs are keyed by their overrides and
-reused when complete, so an interrupted sweep resumes where it stopped.
+reused when complete, so an interrupted sweep resumes where it stopped. The table goes to
+``table.md`` and ``table.json`` (the latest sweep into the directory) and to
+``tables/<key>.md`` and ``.json``, keyed by the seeds, base and variants, so a later sweep
+into the same directory (sharing its runs) does not overwrite an earlier one's table.
 
 One key is the sweep's, not the run config's: ``attack="USER:KIND"`` makes user USER lie
 with one of :data:`client_app.attacks.ATTACKS` in the collaborative run (its local
@@ -45,7 +48,14 @@ from fedmuscle_flwr.delta import delta_table, relative_changes
 from fedmuscle_flwr.launch import parse_toml_overrides, toml_overrides
 from fedmuscle_flwr.results import RunResults, finished_run, write_json_atomic
 
-__all__ = ["Variant", "local_overrides", "parse_variants", "run_sweep", "sweep_table"]
+__all__ = [
+    "Variant",
+    "local_overrides",
+    "parse_variants",
+    "run_sweep",
+    "sweep_key",
+    "sweep_table",
+]
 
 
 @dataclass(frozen=True)
@@ -306,10 +316,23 @@ def main(argv: list[str] | None = None) -> int:
         f"Seeds {list(args.seeds)}; base `{toml_overrides(base) or '-'}`\n`{command}`\n\n{table}\n"
     )
     print(text)
-    (args.output_dir / "table.md").write_text(text)
-    write_json_atomic(args.output_dir / "table.json", raw | {"command": command})
-    print(f"wrote {args.output_dir / 'table.md'}")
+    kept = args.output_dir / "tables" / sweep_key(variants, args.seeds, base)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    for stem in (args.output_dir / "table", kept):
+        stem.with_suffix(".md").write_text(text)
+        write_json_atomic(stem.with_suffix(".json"), raw | {"command": command})
+    print(f"wrote {args.output_dir / 'table.md'} and {kept.with_suffix('.md')}")
     return 0
+
+
+def sweep_key(variants: Sequence[Variant], seeds: Sequence[int], base: dict[str, Any]) -> str:
+    """A short key of what a sweep compares (its seeds, base and named variants)."""
+    what = {
+        "seeds": list(seeds),
+        "base": toml_overrides(base),
+        "variants": [[v.name, toml_overrides(v.overrides)] for v in variants],
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 
 if __name__ == "__main__":

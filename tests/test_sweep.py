@@ -112,6 +112,17 @@ def test_a_tiny_sweep_runs_and_reuses_its_runs(tmp_path, capsys):
     assert set(raw["variants"]) == {"paper", "small-lambda"}
     assert main(argv) == 0
     assert "3 runs, 3 reused, 0 to run" in capsys.readouterr().out
+    # a second sweep into the same directory shares the runs and keeps the first's table
+    other = tiny_sweep(tmp_path, "paper:")
+    assert main(other) == 0
+    assert "2 runs, 2 reused, 0 to run" in capsys.readouterr().out
+    tables = sorted((tmp_path / "sweep" / "tables").glob("*.json"))
+    assert len(tables) == 2
+    kept = [set(json.loads(t.read_text())["variants"]) for t in tables]
+    assert sorted(kept, key=len) == [{"paper"}, {"paper", "small-lambda"}]
+    assert set(json.loads((tmp_path / "sweep" / "table.json").read_text())["variants"]) == {
+        "paper"
+    }  # the latest
 
 
 @pytest.mark.usefixtures("flower_task_identity")
