@@ -248,8 +248,9 @@ def teacher_request_from_records(content: RecordDict, *, sender: int | None = No
     if space is None:
         return None
     field = f"{REPRESENTATION_KEY}.meta/teacher-space"
-    count, _, digest = space.partition(":") if isinstance(space, str) else ("", "", "")
-    if not (isinstance(space, str) and count.isdigit() and int(count) >= 2 and digest):
+    key = space if isinstance(space, str) else ""
+    count, _, digest = key.partition(":")
+    if not (count.isdigit() and int(count) >= 2 and digest):
         raise WireError(
             f"teacher-space must be a label-space key '<K>:<digest>' with K >= 2, got {space!r}",
             field=field,
@@ -262,7 +263,7 @@ def teacher_request_from_records(content: RecordDict, *, sender: int | None = No
             field=field,
             sender=sender,
         )
-    return space
+    return key
 
 
 # ----------------------------------------------------------------- payload

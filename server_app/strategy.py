@@ -425,7 +425,7 @@ class FedMuscleStrategy(Strategy):
         record: RoundRecord,
         teacher_requests: dict[int, str],
     ) -> dict[int, UserPayload]:
-        """Give each user the mean predictions of its label-space peers (distillation).
+        """Give each user the consensus of its label-space peers' predictions (distillation).
 
         Peers are every other user of the same label space whose Z made it into this
         round's payloads (a screened-out user teaches no one), not only its partners; their

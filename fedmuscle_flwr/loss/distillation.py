@@ -95,22 +95,14 @@ def distillation_loss(
     tempered softmax equals the teacher on every weighted row; the T^2 keeps the gradient's
     scale independent of T (Hinton et al., 2015).
     """
-    _check_temperature(temperature)
-    if logits.shape != teacher.shape or logits.dim() != 2:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} and teacher {tuple(teacher.shape)} must both be (B, K)"
-        )
+    _check_student_and_teacher(logits, teacher, temperature)
     log_student = F.log_softmax(logits.float() / temperature, dim=-1)
     teacher = teacher.to(log_student)
     if row_weights is None:
         kl = F.kl_div(log_student, teacher, reduction="batchmean")
     else:
-        if row_weights.shape != logits.shape[:1]:
-            raise ValueError(
-                f"row_weights {tuple(row_weights.shape)} must be ({logits.shape[0]},), one per row"
-            )
         rows = F.kl_div(log_student, teacher, reduction="none").sum(dim=-1)
-        kl = (row_weights.to(rows) * rows).mean()
+        kl = _weighted_row_mean(rows, row_weights)
     return kl * temperature**2
 
 
@@ -126,11 +118,7 @@ def presence_loss(
     labelled one), KL(b || q) where q < b, so the gradient on a logit is min(q - b, 0).
     Summed over classes, mean over rows (or weighted by ``row_weights`` (B,)).
     """
-    _check_temperature(temperature)
-    if logits.shape != teacher.shape or logits.dim() != 2:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} and teacher {tuple(teacher.shape)} must both be (B, K)"
-        )
+    _check_student_and_teacher(logits, teacher, temperature)
     logits = logits.float()
     sharpened = teacher.to(logits).clamp_min(0.0) ** temperature
     bound = sharpened / sharpened.sum(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -138,11 +126,22 @@ def presence_loss(
     cross = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     entropy = -(torch.xlogy(target, target) + torch.xlogy(1.0 - target, 1.0 - target))
     rows = (cross - entropy).sum(dim=-1)
-    if row_weights is None:
-        return rows.mean()
-    if row_weights.shape != logits.shape[:1]:
+    return rows.mean() if row_weights is None else _weighted_row_mean(rows, row_weights)
+
+
+def _check_student_and_teacher(logits: Tensor, teacher: Tensor, temperature: float) -> None:
+    _check_temperature(temperature)
+    if logits.shape != teacher.shape or logits.dim() != 2:
         raise ValueError(
-            f"row_weights {tuple(row_weights.shape)} must be ({logits.shape[0]},), one per row"
+            f"logits {tuple(logits.shape)} and teacher {tuple(teacher.shape)} must both be (B, K)"
+        )
+
+
+def _weighted_row_mean(rows: Tensor, row_weights: Tensor) -> Tensor:
+    """``mean_i w_i rows_i`` of per-row losses (B,), the weights checked to be one per row."""
+    if row_weights.shape != rows.shape:
+        raise ValueError(
+            f"row_weights {tuple(row_weights.shape)} must be ({rows.shape[0]},), one per row"
         )
     return (row_weights.to(rows) * rows).mean()
 

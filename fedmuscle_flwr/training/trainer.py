@@ -281,9 +281,7 @@ class Trainer:
         and the task's optimiser on its collaborative steps: not with DP or
         ``optimizer-state = "separate"``, whose contrastive optimiser leaves the head out.
         """
-        if self.settings.distill_weight <= 0 or not self.model.task_type.single_label:
-            return ""
-        if self.contrastive_optimizer is not None:
+        if not self._can_distil or not self.model.task_type.single_label:
             return ""
         names = self.data.label_space
         return label_space_key(names) if names else ""
@@ -298,14 +296,15 @@ class Trainer:
         """
         if self.label_space:
             return self.label_space
-        if not self.settings.distill_presence or self.settings.distill_weight <= 0:
+        if not (self._can_distil and self.settings.distill_presence):
             return ""
-        if not self.model.task_type.multi_label:
-            return ""
-        if self.contrastive_optimizer is not None:
-            return ""
-        names = self.data.output_space
+        names = self.data.output_space if self.model.task_type.multi_label else ()
         return label_space_key(names) if len(names) >= 2 else ""
+
+    @property
+    def _can_distil(self) -> bool:
+        """``distill-weight`` > 0 and the task's optimiser (head included) on the public batch."""
+        return self.settings.distill_weight > 0 and self.contrastive_optimizer is None
 
     def _teacher(self, payload: UserPayload) -> Tensor | None:
         """The payload's teacher, checked against this user's classes (None: no distillation)."""
