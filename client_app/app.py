@@ -140,7 +140,9 @@ def _round_work(
 
     A user that distils (``distill-weight`` > 0, a single-label task) sends its class
     probabilities on the next batch beside Z; a multi-label user with ``distill-presence``
-    sends the key of its output names instead, asking for its single-label peers' teacher.
+    sends the key of its output names instead, asking for its single-label peers' teacher;
+    with ``presence-teacher = "segmentation"`` a segmentation user sends its image-level
+    presence of its named classes.
     """
     metrics = trainer.train_round(
         instruction.contrast_indices,
@@ -157,7 +159,8 @@ def _round_work(
             round_id=instruction.round_id + 1,
             digest=wire.batch_digest(instruction.next_indices),
             predictions=predictions,
-            label_space=trainer.label_space,
+            label_space=trainer.label_space or trainer.presence_space,
             teacher_space="" if predictions is not None else trainer.teacher_space,
+            presence=bool(trainer.presence_space),
         )
     return metrics, representation

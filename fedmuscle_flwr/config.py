@@ -39,6 +39,9 @@ DISTILL_TEACHERS = ("mean", "confidence")
 # how a public sample counts in a student's distillation loss: equally, or by its teacher's
 # certainty
 DISTILL_ROW_WEIGHTS = ("uniform", "certainty")
+# who teaches a multi-label user presence (distill-presence): single-label peers' classes as
+# lower bounds, or segmentation peers' image-level presence (falling back to the classes)
+PRESENCE_TEACHERS = ("classes", "segmentation")
 OPTIMIZER_STATES = ("shared", "separate")
 SCREENING_MODES = ("off", "flag", "exclude")  # fedmuscle_flwr.screening
 FALLBACKS = ("off", "local", "auto")  # local: each user also trains alone, keeps the better
@@ -78,6 +81,7 @@ COLLABORATION_KEYS = frozenset(
         "distill-teacher",
         "distill-row-weight",
         "distill-presence",
+        "presence-teacher",
         "optimizer-state",
         "quorum",
         "screening",
@@ -150,6 +154,7 @@ class RunConfig:
     distill_teacher: str = "confidence"  # confidence-weighted per public sample | plain mean
     distill_row_weight: str = "uniform"  # uniform | certainty (KL rows x teacher certainty)
     distill_presence: bool = False  # multi-label users: peers' classes as presence lower bounds
+    presence_teacher: str = "classes"  # classes | segmentation (dense peers' image presence)
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged
     screening_min_rounds: int = 5  # rounds scored before "exclude" may leave a user out
@@ -176,6 +181,7 @@ class RunConfig:
         _choice("partner_selection", self.partner_selection, PARTNER_SELECTIONS)
         _choice("distill_teacher", self.distill_teacher, DISTILL_TEACHERS)
         _choice("distill_row_weight", self.distill_row_weight, DISTILL_ROW_WEIGHTS)
+        _choice("presence_teacher", self.presence_teacher, PRESENCE_TEACHERS)
         _choice("screening", self.screening, SCREENING_MODES)
         _choice("fallback", self.fallback, FALLBACKS)
         _choice("fallback_criterion", self.fallback_criterion, FALLBACK_CRITERIA)

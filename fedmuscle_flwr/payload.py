@@ -33,6 +33,10 @@ class UserPayload:
         With ``distill-weight`` > 0 (*beyond the paper*): the mean class probabilities (B, K)
         of the users that share this user's label space, on the same public batch; None when
         no such user replied (:mod:`fedmuscle_flwr.loss.distillation`).
+    teacher_kind
+        ``"classes"``: the teacher's rows are class probabilities; ``"presence"``: they are
+        segmentation peers' image-level presence of each class, each in [0, 1]
+        (``presence-teacher = "segmentation"``).
     """
 
     partner_ids: tuple[int, ...]
@@ -41,6 +45,7 @@ class UserPayload:
     aggregated: Tensor | None = None
     log_alpha: Tensor | None = None
     teacher: Tensor | None = None
+    teacher_kind: str = "classes"
 
     @property
     def num_partners(self) -> int:

@@ -57,6 +57,7 @@ from fedmuscle_flwr.wire_checks import (
     finite_metrics,
     finite_unit_rows,
     non_empty_strings,
+    presence_rows,
     probability_rows,
 )
 
@@ -78,6 +79,7 @@ __all__ = [
     "payload_from_records",
     "payload_to_records",
     "predictions_from_records",
+    "presence_space",
     "record_nbytes",
     "reply_failure",
     "reply_metrics",
@@ -118,12 +120,15 @@ def representation_to_records(
     predictions: Tensor | None = None,
     label_space: str = "",
     teacher_space: str = "",
+    presence: bool = False,
 ) -> RecordDict:
     """Records carrying Z_n (B, d) for ``round_id``; bfloat16 is sent as float32.
 
     ``predictions`` (B, K) class probabilities on the same batch, with the ``label_space``
-    key they belong to, travel beside Z for distillation. ``teacher_space`` asks for a
-    teacher of that label space without sending predictions (``distill-presence``).
+    key they belong to, travel beside Z for distillation; with ``presence`` they are
+    instead each class's image-level presence in [0, 1] (a segmentation user's, read back
+    under :func:`presence_space`). ``teacher_space`` asks for a teacher of that label space
+    without sending predictions (``distill-presence``).
     """
     array = z.detach().to(torch.float32 if z.dtype == torch.bfloat16 else z.dtype).cpu()
     arrays = {"z": Array(array.numpy())}
@@ -138,6 +143,8 @@ def representation_to_records(
             raise ValueError("predictions need the label_space they belong to")
         arrays["predictions"] = Array(predictions.detach().float().cpu().numpy())
         meta["label-space"] = label_space
+        if presence:
+            meta["prediction-kind"] = "presence"
     if teacher_space:
         if predictions is not None:
             raise ValueError("a user sending predictions takes its teacher in its label_space")
@@ -200,7 +207,9 @@ def predictions_from_records(
 ) -> tuple[str, Tensor] | None:
     """``(label space, class probabilities (rows, K))`` of a reply, or None when it sent none.
 
-    Read after :func:`representation_from_records` (which checks round and batch).
+    Presence predictions (``prediction-kind = "presence"``) come back as
+    ``(presence_space(label space), presence (rows, K))``. Read after
+    :func:`representation_from_records` (which checks round and batch).
 
     Raises
     ------
@@ -231,7 +240,21 @@ def predictions_from_records(
             field=field,
             sender=sender,
         )
+    kind = meta.get("prediction-kind", "classes")
+    if kind == "presence":
+        return presence_space(space), presence_rows(array, field, sender)
+    if kind != "classes":
+        raise WireError(
+            f"prediction-kind must be 'classes' or 'presence', got {kind!r}",
+            field=f"{REPRESENTATION_KEY}.meta/prediction-kind",
+            sender=sender,
+        )
     return space, probability_rows(array, field, sender)
+
+
+def presence_space(label_space: str) -> str:
+    """The key under which image-level presence of ``label_space``'s classes is kept."""
+    return f"presence/{label_space}"
 
 
 def teacher_request_from_records(content: RecordDict, *, sender: int | None = None) -> str | None:
@@ -284,20 +307,19 @@ def payload_to_records(
     if with_log_alpha and payload.aggregated is not None and payload.log_alpha is not None:
         arrays |= {"aggregated": payload.aggregated, "log-alpha": payload.log_alpha}
         form = "dense"
+    meta = ConfigRecord(
+        {"round": round_id, "partner-ids": [int(p) for p in payload.partner_ids], "form": form}
+    )
     if payload.teacher is not None:
         arrays["teacher"] = payload.teacher
+        if payload.teacher_kind == "presence":
+            meta["teacher-kind"] = "presence"
     return RecordDict(
         {
             PAYLOAD_KEY: ArrayRecord(
                 {k: Array(v.detach().cpu().numpy()) for k, v in arrays.items()}
             ),
-            f"{PAYLOAD_KEY}.meta": ConfigRecord(
-                {
-                    "round": round_id,
-                    "partner-ids": [int(p) for p in payload.partner_ids],
-                    "form": form,
-                }
-            ),
+            f"{PAYLOAD_KEY}.meta": meta,
         }
     )
 
@@ -368,11 +390,17 @@ def payload_from_records(
                 f"{(rows**num, dim)} and {(rows**num,)}",
                 field=f"{PAYLOAD_KEY}/aggregated",
             )
-    teacher = None
+    teacher, teacher_kind = None, meta.get("teacher-kind", "classes")
+    if teacher_kind not in ("classes", "presence"):
+        raise WireError(
+            f"teacher-kind must be 'classes' or 'presence', got {teacher_kind!r}",
+            field=f"{PAYLOAD_KEY}.meta",
+        )
     if "teacher" in content.array_records[PAYLOAD_KEY]:
         field = f"{PAYLOAD_KEY}/teacher"
         array = _array(content, PAYLOAD_KEY, "teacher", None, max_bytes)
-        teacher = probability_rows(array, field, None)
+        read = presence_rows if teacher_kind == "presence" else probability_rows
+        teacher = read(array, field, None)
         if teacher.shape[0] != rows:
             raise WireError(f"shape {array.shape}, expected ({rows}, K)", field=field)
     return UserPayload(
@@ -382,6 +410,7 @@ def payload_from_records(
         aggregated=aggregated,
         log_alpha=log_alpha,
         teacher=teacher,
+        teacher_kind=str(teacher_kind),
     )
 
 

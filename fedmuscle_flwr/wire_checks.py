@@ -29,6 +29,7 @@ __all__ = [
     "finite_metrics",
     "finite_unit_rows",
     "non_empty_strings",
+    "presence_rows",
     "probability_rows",
 ]
 
@@ -150,8 +151,8 @@ def finite_unit_rows(array: np.ndarray, field: str, sender: int | None) -> Tenso
     return torch.nn.functional.normalize(tensor.float(), dim=-1)
 
 
-def probability_rows(array: np.ndarray, field: str, sender: int | None) -> Tensor:
-    """A (B, K) matrix of finite class-probability rows (K >= 2), re-normalised, as float32."""
+def _finite_class_matrix(array: np.ndarray, field: str, sender: int | None) -> Tensor:
+    """A finite (B, K) float64 matrix with K >= 2 classes, or a :class:`WireError`."""
     if array.ndim != 2 or array.shape[1] < 2:
         raise WireError(
             f"shape {array.shape}, expected (rows, classes) with at least 2 classes",
@@ -161,6 +162,26 @@ def probability_rows(array: np.ndarray, field: str, sender: int | None) -> Tenso
     tensor = torch.from_numpy(np.ascontiguousarray(array)).double()
     if not torch.isfinite(tensor).all():
         raise WireError("holds NaN or inf values", field=field, sender=sender)
+    return tensor
+
+
+def presence_rows(array: np.ndarray, field: str, sender: int | None) -> Tensor:
+    """A (B, K) matrix of finite presence probabilities in [0, 1] (K >= 2), as float32."""
+    tensor = _finite_class_matrix(array, field, sender)
+    if tensor.numel() and (
+        tensor.min().item() < -PROBABILITY_ATOL or tensor.max().item() > 1 + PROBABILITY_ATOL
+    ):
+        raise WireError(
+            "presence values must lie in [0, 1] (send probabilities, not logits)",
+            field=field,
+            sender=sender,
+        )
+    return tensor.clamp(0, 1).float()
+
+
+def probability_rows(array: np.ndarray, field: str, sender: int | None) -> Tensor:
+    """A (B, K) matrix of finite class-probability rows (K >= 2), re-normalised, as float32."""
+    tensor = _finite_class_matrix(array, field, sender)
     worst_sum = (tensor.sum(dim=-1) - 1).abs().max().item() if tensor.numel() else 0.0
     if tensor.min().item() < -PROBABILITY_ATOL or worst_sum > PROBABILITY_ATOL:
         raise WireError(

@@ -74,7 +74,7 @@ class Checkpoint:
     next_round: int | None = None  # the round the payloads below are for
     next_indices: tuple[int, ...] = ()
     # user id -> payload fields (partner user ids, others, log-alpha pairs, dense parts,
-    # teacher)
+    # teacher and its kind)
     next_payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -90,6 +90,7 @@ def payloads_by_user(
             "aggregated": payload.aggregated,
             "log_alpha": payload.log_alpha,
             "teacher": payload.teacher,
+            "teacher_kind": payload.teacher_kind,
         }
         for node, payload in payloads.items()
     }
@@ -125,6 +126,7 @@ def payloads_by_node(
             aggregated=fields_["aggregated"],
             log_alpha=fields_["log_alpha"],
             teacher=fields_.get("teacher"),
+            teacher_kind=fields_.get("teacher_kind", "classes"),
         )
         for user, fields_ in saved.items()
         if user in node_of

@@ -432,7 +432,9 @@ class FedMuscleStrategy(Strategy):
         predictions are averaged, or weighted per sample by their certainty
         (``distill-teacher``). A user that asked for a teacher without sending predictions
         (``teacher_requests``, ``distill-presence``) learns from the same peers and teaches
-        no one.
+        no one, unless segmentation peers sent presence of its classes
+        (``presence-teacher = "segmentation"``): then their mean presence is its teacher.
+        Presence senders are taught by no one.
         """
         names = {node: self._user_name(node) for node in payloads}
         by_confidence = self.config.distill_teacher == "confidence"
@@ -444,17 +446,36 @@ class FedMuscleStrategy(Strategy):
             if node not in wanted:
                 continue
             space = wanted[node]
-            peers = sorted(
-                (other for other in payloads if other != node and other in predictions
-                 and predictions[other][0] == space),
-                key=lambda other: names[other],
-            )  # fmt: skip
+            if space.startswith(wire.presence_space("")):
+                continue  # a presence sender learns from no one
+            kind, peers = "classes", self._teacher_peers(node, space, payloads, predictions)
+            if node in teacher_requests:
+                presence = self._teacher_peers(
+                    node, wire.presence_space(space), payloads, predictions
+                )
+                if presence:
+                    kind, peers = "presence", presence
             if not peers:
                 continue
-            teacher = consensus([predictions[other][1] for other in peers])
-            out[node] = replace(payload, teacher=teacher)
+            rows = [predictions[other][1] for other in peers]
+            teacher = teacher_mean(rows) if kind == "presence" else consensus(rows)
+            out[node] = replace(payload, teacher=teacher, teacher_kind=kind)
             record.teachers[names[node]] = [names[other] for other in peers]
         return out
+
+    def _teacher_peers(
+        self,
+        node: int,
+        space: str,
+        payloads: dict[int, UserPayload],
+        predictions: dict[int, tuple[str, torch.Tensor]],
+    ) -> list[int]:
+        """Every other user of the round's payloads that sent predictions under ``space``."""
+        return sorted(
+            (other for other in payloads if other != node and other in predictions
+             and predictions[other][0] == space),
+            key=self._user_name,
+        )  # fmt: skip
 
     def _screen(
         self, representations: dict[int, torch.Tensor], server_round: int, record: RoundRecord

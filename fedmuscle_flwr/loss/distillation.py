@@ -18,7 +18,10 @@ A multi-label user whose classes carry the same names (``distill-presence``) sen
 predictions but takes the same consensus as a lower bound on presence: a single-label
 classifier's class is in the image, so P(class k present) >= P(label = k), and
 :func:`presence_loss` pulls each sigmoid up to that bound where it is below and leaves it
-alone above.
+alone above. A segmentation user of the same classes (plus background) can instead be
+the teacher (``presence-teacher = "segmentation"``): it sends :func:`image_presence`, the
+largest probability of each class over its pixels, an estimate of presence rather than a
+bound, and :func:`presence_distillation_loss` pulls each sigmoid towards it both ways.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from torch import Tensor
 __all__ = [
     "class_probabilities",
     "distillation_loss",
+    "image_presence",
     "label_space_key",
+    "presence_distillation_loss",
     "presence_loss",
     "teacher_by_confidence",
     "teacher_certainty",
@@ -123,6 +128,38 @@ def presence_loss(
     sharpened = teacher.to(logits).clamp_min(0.0) ** temperature
     bound = sharpened / sharpened.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     target = torch.maximum(bound, torch.sigmoid(logits).detach())
+    cross = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    entropy = -(torch.xlogy(target, target) + torch.xlogy(1.0 - target, 1.0 - target))
+    rows = (cross - entropy).sum(dim=-1)
+    return rows.mean() if row_weights is None else _weighted_row_mean(rows, row_weights)
+
+
+def image_presence(logits: Tensor) -> Tensor:
+    """Presence of each class in each image from dense logits (B, 1 + K, H, W): (B, K).
+
+    The largest softmax probability of class k over the pixels, background (channel 0)
+    left out: what a segmentation user sends as a presence teacher, float32 in [0, 1].
+    """
+    if logits.dim() != 4 or logits.shape[1] < 3:
+        raise ValueError(
+            f"expected dense logits (B, 1 + K, H, W) with background and K >= 2 classes, "
+            f"got {tuple(logits.shape)}"
+        )
+    return F.softmax(logits.float(), dim=1)[:, 1:].amax(dim=(2, 3))
+
+
+def presence_distillation_loss(
+    logits: Tensor, teacher: Tensor, *, row_weights: Tensor | None = None
+) -> Tensor:
+    """Multi-label logits against a teacher's presence estimates (B, K) in [0, 1].
+
+    Each (row, class) adds the Bernoulli KL(p || sigmoid(logit)) of the teacher's p, so the
+    gradient on a logit is sigmoid(logit) - p. Summed over classes, mean over rows (or
+    weighted by ``row_weights`` (B,)).
+    """
+    _check_student_and_teacher(logits, teacher, 1.0)
+    logits = logits.float()
+    target = teacher.to(logits).clamp(0.0, 1.0)
     cross = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     entropy = -(torch.xlogy(target, target) + torch.xlogy(1.0 - target, 1.0 - target))
     rows = (cross - entropy).sum(dim=-1)

@@ -41,6 +41,7 @@ class TrainSettings:
     distill_temperature: float = 2.0
     distill_row_weight: str = "uniform"  # or "certainty": each row by its teacher's certainty
     distill_presence: bool = False  # multi-label users learn presence from single-label peers
+    presence_teacher: str = "classes"  # or "segmentation": dense users send image presence
     dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     private_steps: int = 0  # the most DP steps the run can take (sets the noise)
@@ -80,6 +81,7 @@ class TrainSettings:
             distill_temperature=config.distill_temperature,
             distill_row_weight=config.distill_row_weight,
             distill_presence=config.distill_presence,
+            presence_teacher=config.presence_teacher,
             dp=config.dp,
             privacy=PrivacySettings(
                 epsilon=config.dp_epsilon,

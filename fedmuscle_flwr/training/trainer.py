@@ -20,7 +20,9 @@ from fedmuscle_flwr.data.users import UserData
 from fedmuscle_flwr.loss import (
     class_probabilities,
     distillation_loss,
+    image_presence,
     label_space_key,
+    presence_distillation_loss,
     presence_loss,
     teacher_certainty,
 )
@@ -251,6 +253,7 @@ class Trainer:
         base = self.settings.contrastive_weight if weight is None else weight
         effective = base * self.gate_scale
         teacher = self._teacher(payload)
+        presence = payload.teacher_kind == "presence"
         distill = self.settings.distill_weight * self.gate_scale if teacher is not None else 0.0
         if effective == 0 and distill == 0:
             return {"lambda": 0.0}
@@ -263,7 +266,9 @@ class Trainer:
         batch = self._batch(self.data.public, indices)
 
         def steps() -> dict[str, float]:
-            losses = self._contrastive_steps(objective, batch, effective, teacher, distill)
+            losses = self._contrastive_steps(
+                objective, batch, effective, teacher, distill, presence=presence
+            )
             result = {"contrastive-loss": losses[0], "lambda": effective}
             if teacher is not None:
                 result["distill-loss"] = losses[1]
@@ -302,6 +307,24 @@ class Trainer:
         return label_space_key(names) if len(names) >= 2 else ""
 
     @property
+    def presence_space(self) -> str:
+        """The key of the classes this user sends image-level presence of ("" when none).
+
+        With ``distill-presence`` and ``presence-teacher = "segmentation"``, a distilling
+        dense user whose outputs are named: class 0 is background, the others are the
+        classes whose presence it sends (:func:`~fedmuscle_flwr.loss.image_presence`).
+        """
+        if not (
+            self._can_distil
+            and self.settings.distill_presence
+            and self.settings.presence_teacher == "segmentation"
+            and self.model.task_type.head == "dense"
+        ):
+            return ""
+        names = self.data.output_space[1:]
+        return label_space_key(names) if len(names) >= 2 else ""
+
+    @property
     def _can_distil(self) -> bool:
         """``distill-weight`` > 0 and the task's optimiser (head included) on the public batch."""
         return self.settings.distill_weight > 0 and self.contrastive_optimizer is None
@@ -324,8 +347,13 @@ class Trainer:
         weight: float,
         teacher: Tensor | None = None,
         distill_weight: float = 0.0,
+        *,
+        presence: bool = False,
     ) -> tuple[float, float]:
-        """The steps on the public batch; returns the mean contrastive and distillation losses."""
+        """The steps on the public batch; returns the mean contrastive and distillation losses.
+
+        ``presence``: the teacher is a presence estimate (a segmentation peer's), not classes.
+        """
         optimizer: torch.optim.Optimizer = self.optimizer
         if self.contrastive_optimizer is not None:
             optimizer = self.contrastive_optimizer
@@ -336,7 +364,7 @@ class Trainer:
         teacher_loss = distillation_loss if self.label_space else presence_loss
         losses, distilled = [], []
         row_weights = None
-        if teacher is not None and self.settings.distill_row_weight == "certainty":
+        if teacher is not None and not presence and self.settings.distill_row_weight == "certainty":
             row_weights = teacher_certainty(teacher.float())
         hooks = (
             contextlib.nullcontext()
@@ -356,12 +384,15 @@ class Trainer:
                 contrastive = weight * objective(z) if weight else z.sum() * 0.0
                 loss = contrastive
                 if teacher is not None:
-                    kd = teacher_loss(
-                        logits,
-                        teacher,
-                        temperature=self.settings.distill_temperature,
-                        row_weights=row_weights,
-                    )
+                    if presence:
+                        kd = presence_distillation_loss(logits, teacher, row_weights=row_weights)
+                    else:
+                        kd = teacher_loss(
+                            logits,
+                            teacher,
+                            temperature=self.settings.distill_temperature,
+                            row_weights=row_weights,
+                        )
                     loss = loss + distill_weight * kd
                     distilled.append(float(kd.detach()))
                 self._step(loss, optimizer)
@@ -505,9 +536,16 @@ class Trainer:
     def represent_and_predict(self, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
         """Z_n and, when this user distils (:attr:`label_space`), its class probabilities.
 
-        The probabilities (B, K) are at ``distill-temperature``, float32 on the CPU; None
-        for a user that does not distil.
+        The probabilities (B, K) are at ``distill-temperature``, float32 on the CPU; a user
+        with a :attr:`presence_space` sends its image-level presence (B, K) instead; None
+        for a user that sends neither.
         """
+        if self.presence_space:
+            self.model.eval()
+            batch = self._batch(self.data.public, indices)
+            with self._autocast():
+                presence = image_presence(self.model.forward_task(batch))
+            return self.represent(indices), presence.cpu()
         if not self.label_space:
             return self.represent(indices), None
         self.model.eval()
