@@ -68,6 +68,7 @@ COLLABORATION_KEYS = frozenset(
         "gate-tolerance",
         "gate-max-scale",
         "gate-min-scale",
+        "gate-scales-distill",
         "gate-criterion",
         "fallback",
         "fallback-criterion",
@@ -141,6 +142,7 @@ class RunConfig:
     gate_tolerance: float = 0.0  # relative rise of validation loss the gate accepts
     gate_max_scale: float = 1.0  # the gate may grow a user's lambda up to this multiple
     gate_min_scale: float = 0.0  # ... and shrink it down to this one (1: never shrinks)
+    gate_scales_distill: bool = True  # the scale applies to distill-weight too (false: lambda only)
     gate_criterion: str = "loss"  # loss | metric (validation primary metric, loss breaks ties)
     fallback: str = "auto"  # off | local | auto: a user also trains alone, reports the better
     fallback_criterion: str = "bootstrap"  # bootstrap (a lead surviving resampling) | metric | loss

@@ -410,3 +410,19 @@ def test_distillation_reaches_only_single_label_users_and_checks_the_classes():
 def test_bad_distillation_settings_are_refused(overrides, match):
     with pytest.raises(ConfigError, match=match):
         RunConfig(**overrides)
+
+
+def test_a_shut_gate_stops_distillation_unless_it_scales_lambda_alone():
+    classes = tiny_trainer("cnn-cls").model.num_classes
+    teacher = F.one_hot(torch.arange(8) % classes, classes).float() * 0.9 + 0.1 / classes
+    teacher = teacher / teacher.sum(-1, keepdim=True)
+    scaled = tiny_trainer("cnn-cls")
+    scaled.gate_scale = 0.0  # every earlier update rejected
+    assert scaled.contrastive_update(INDICES, plain_payload(teacher)) == {"lambda": 0.0}
+    unscaled = tiny_trainer("cnn-cls", gate_scales_distill=False)
+    unscaled.gate_scale = 0.0
+    _, before = unscaled.represent_and_predict(INDICES)
+    metrics = unscaled.contrastive_update(INDICES, plain_payload(teacher))
+    _, after = unscaled.represent_and_predict(INDICES)
+    assert metrics["lambda"] == 0.0 and metrics["distill-loss"] > 0
+    assert not torch.allclose(before, after)  # the teacher still pulled

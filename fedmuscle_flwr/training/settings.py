@@ -32,6 +32,7 @@ class TrainSettings:
     gate_tolerance: float = 0.0
     gate_max_scale: float = 1.0
     gate_min_scale: float = 0.0
+    gate_scales_distill: bool = True
     gate_criterion: str = "loss"  # or "metric": the validation primary metric, loss breaks ties
     fallback_criterion: str = "loss"  # how evaluate() picks between joined and alone
     fallback_confidence: float = 0.8  # bootstrap: share of resamples the joined must win
@@ -72,6 +73,7 @@ class TrainSettings:
             gate_tolerance=config.gate_tolerance,
             gate_max_scale=config.gate_max_scale,
             gate_min_scale=config.gate_min_scale,
+            gate_scales_distill=config.gate_scales_distill,
             gate_criterion=config.gate_criterion,
             fallback_criterion=config.fallback_criterion,
             fallback_confidence=config.fallback_confidence,

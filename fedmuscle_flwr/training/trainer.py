@@ -242,19 +242,21 @@ class Trainer:
         (*beyond the paper*), each step also minimises ``distill-weight`` times the
         distillation loss of the user's logits on the batch against its label-space peers'
         consensus (each row weighted by the teacher's certainty with ``distill-row-weight =
-        "certainty"``); the gate's scale applies to both terms. With ``gate =
-        "validation"`` the steps are kept only if the validation loss did not rise by more
-        than ``gate_tolerance`` (relative); otherwise model and optimiser are rolled back
-        and the gate halves this user's lambda, which doubles back (up to 1x) after each
-        kept update. Returns ``contrastive-loss``, ``lambda`` (the effective weight used),
-        ``distill-loss`` with a teacher and, when gated, ``gate-kept`` (1 or 0) and the
-        validation losses before and after.
+        "certainty"``); the gate's scale applies to both terms (to lambda alone with
+        ``gate-scales-distill = false``; a rejected update is rolled back either way).
+        With ``gate = "validation"`` the steps are kept only if the validation loss did not
+        rise by more than ``gate_tolerance`` (relative); otherwise model and optimiser are
+        rolled back and the gate halves this user's lambda, which doubles back (up to 1x)
+        after each kept update. Returns ``contrastive-loss``, ``lambda`` (the effective
+        weight used), ``distill-loss`` with a teacher and, when gated, ``gate-kept`` (1 or
+        0) and the validation losses before and after.
         """
         base = self.settings.contrastive_weight if weight is None else weight
         effective = base * self.gate_scale
         teacher = self._teacher(payload)
         presence = payload.teacher_kind == "presence"
-        distill = self.settings.distill_weight * self.gate_scale if teacher is not None else 0.0
+        distill_scale = self.gate_scale if self.settings.gate_scales_distill else 1.0
+        distill = self.settings.distill_weight * distill_scale if teacher is not None else 0.0
         if effective == 0 and distill == 0:
             return {"lambda": 0.0}
         objective = contrastive_objective(
