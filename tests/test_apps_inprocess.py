@@ -127,8 +127,9 @@ def test_two_rounds_on_the_real_data_sets_over_all_four_task_types(tmp_path, mon
 
 def test_users_of_one_label_space_distil_each_others_predictions(tmp_path):
     """distill-weight > 0: the image and the text classifier (the same world classes) teach
-    each other on the public batch; the multi-label and segmentation users take no part."""
-    results = run(tmp_path, **{"distill-weight": 1.0})
+    each other on the public batch; without distill-presence the multi-label and
+    segmentation users take no part."""
+    results = run(tmp_path, **{"distill-weight": 1.0, "distill-presence": False})
     assert_everyone_replied_every_round(results)
     first, second = results.rounds
     assert first.teachers == {"bert-text": ["cnn-cls"], "cnn-cls": ["bert-text"]}
@@ -139,6 +140,24 @@ def test_users_of_one_label_space_distil_each_others_predictions(tmp_path):
             assert second.metrics[user]["distill-loss"] >= 0
     # each teacher's probabilities travel beside its Z: more uplink than Z alone
     assert first.uplink_bytes["cnn-cls"] > first.uplink_bytes["segformer-seg"]
+
+
+def test_by_default_the_segmentation_user_teaches_the_multi_label_user_presence(tmp_path):
+    """distill-presence with presence-teacher = "segmentation" (the defaults): the SegFormer
+    sends its image-level presence of the world's kinds, the multi-label ViT distils it, and
+    the single-label users still teach only each other."""
+    results = run(tmp_path)
+    assert_everyone_replied_every_round(results)
+    first, second = results.rounds
+    assert first.teachers == {
+        "bert-text": ["cnn-cls"],
+        "cnn-cls": ["bert-text"],
+        "vit-multilabel": ["segformer-seg"],
+    }
+    assert second.metrics["vit-multilabel"]["distill-loss"] >= 0
+    assert "distill-loss" not in second.metrics["segformer-seg"]
+    # the presence travels beside the SegFormer's Z; the ViT sends none
+    assert first.uplink_bytes["segformer-seg"] > first.uplink_bytes["vit-multilabel"]
 
 
 def test_local_exchanges_no_representations(tmp_path):

@@ -316,6 +316,7 @@ def test_bad_predictions_leave_only_their_sender_out_and_teach_no_one():
 TRAINER_CONFIG = RunConfig(
     federation=TINY_FEDERATION, public_size=64, public_batch_size=8, embed_dim=16, local_steps=2,
     batch_size=8, learning_rate=3e-3, gate="off", contrastive_steps=10, distill_weight=1.0,
+    distill_presence=False, presence_teacher="classes",  # each test turns on what it tests
 )  # fmt: skip
 INDICES = list(range(8))
 

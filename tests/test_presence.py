@@ -161,7 +161,7 @@ def test_a_multi_label_user_asks_for_a_teacher_only_with_distill_presence():
     assert user.label_space == ""  # it sends no predictions
     assert user.teacher_space == classifier.label_space  # the same kinds, by name
     assert user.represent_and_predict(INDICES)[1] is None
-    assert tiny_trainer("vit-multilabel").teacher_space == ""  # the default: off
+    assert tiny_trainer("vit-multilabel").teacher_space == ""  # off
     unweighted = tiny_trainer("vit-multilabel", distill_presence=True, distill_weight=0.0)
     assert unweighted.teacher_space == ""
     assert tiny_trainer("segformer-seg", distill_presence=True).teacher_space == ""
