@@ -155,7 +155,7 @@ class RunConfig:
     distill_temperature: float = 2.0  # T of the predictions sent and of the distillation loss
     distill_teacher: str = "confidence"  # confidence-weighted per public sample | plain mean
     distill_row_weight: str = "uniform"  # uniform | certainty (KL rows x teacher certainty)
-    distill_presence: bool = True  # multi-label users learn presence of named classes from peers
+    distill_presence: bool = False  # multi-label users learn presence of named classes from peers
     presence_teacher: str = "segmentation"  # dense peers' image presence, else classes as bounds
     screening: str = "off"  # off | flag | exclude: users whose Z agrees with no one's
     screening_threshold: float = 2.0  # agreement score (null std units) below which: flagged

@@ -142,11 +142,11 @@ def test_users_of_one_label_space_distil_each_others_predictions(tmp_path):
     assert first.uplink_bytes["cnn-cls"] > first.uplink_bytes["segformer-seg"]
 
 
-def test_by_default_the_segmentation_user_teaches_the_multi_label_user_presence(tmp_path):
-    """distill-presence with presence-teacher = "segmentation" (the defaults): the SegFormer
-    sends its image-level presence of the world's kinds, the multi-label ViT distils it, and
-    the single-label users still teach only each other."""
-    results = run(tmp_path)
+def test_the_segmentation_user_teaches_the_multi_label_user_presence(tmp_path):
+    """distill-presence with presence-teacher = "segmentation": the SegFormer sends its
+    image-level presence of the world's kinds, the multi-label ViT distils it, and the
+    single-label users still teach only each other."""
+    results = run(tmp_path, **{"distill-presence": True, "presence-teacher": "segmentation"})
     assert_everyone_replied_every_round(results)
     first, second = results.rounds
     assert first.teachers == {
