@@ -128,10 +128,7 @@ def presence_loss(
     sharpened = teacher.to(logits).clamp_min(0.0) ** temperature
     bound = sharpened / sharpened.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     target = torch.maximum(bound, torch.sigmoid(logits).detach())
-    cross = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    entropy = -(torch.xlogy(target, target) + torch.xlogy(1.0 - target, 1.0 - target))
-    rows = (cross - entropy).sum(dim=-1)
-    return rows.mean() if row_weights is None else _weighted_row_mean(rows, row_weights)
+    return _bernoulli_kl(logits, target, row_weights)
 
 
 def image_presence(logits: Tensor) -> Tensor:
@@ -159,7 +156,11 @@ def presence_distillation_loss(
     """
     _check_student_and_teacher(logits, teacher, 1.0)
     logits = logits.float()
-    target = teacher.to(logits).clamp(0.0, 1.0)
+    return _bernoulli_kl(logits, teacher.to(logits).clamp(0.0, 1.0), row_weights)
+
+
+def _bernoulli_kl(logits: Tensor, target: Tensor, row_weights: Tensor | None) -> Tensor:
+    """KL(target || sigmoid(logits)) summed over classes; mean (or weighted mean) over rows."""
     cross = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     entropy = -(torch.xlogy(target, target) + torch.xlogy(1.0 - target, 1.0 - target))
     rows = (cross - entropy).sum(dim=-1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, cast
 
 import torch
@@ -363,11 +364,18 @@ class Trainer:
                 group["lr"] = self.settings.learning_rate * weight
             weight = 1.0
         self.model.train()
-        teacher_loss = distillation_loss if self.label_space else presence_loss
         losses, distilled = [], []
         row_weights = None
         if teacher is not None and not presence and self.settings.distill_row_weight == "certainty":
             row_weights = teacher_certainty(teacher.float())
+        if presence:  # a segmentation peer's presence estimate
+            teacher_loss = partial(presence_distillation_loss, row_weights=row_weights)
+        else:  # class probabilities: a label-space peer's, or a bound on presence
+            teacher_loss = partial(
+                distillation_loss if self.label_space else presence_loss,
+                temperature=self.settings.distill_temperature,
+                row_weights=row_weights,
+            )
         hooks = (
             contextlib.nullcontext()
             if self.private is None
@@ -386,15 +394,7 @@ class Trainer:
                 contrastive = weight * objective(z) if weight else z.sum() * 0.0
                 loss = contrastive
                 if teacher is not None:
-                    if presence:
-                        kd = presence_distillation_loss(logits, teacher, row_weights=row_weights)
-                    else:
-                        kd = teacher_loss(
-                            logits,
-                            teacher,
-                            temperature=self.settings.distill_temperature,
-                            row_weights=row_weights,
-                        )
+                    kd = teacher_loss(logits, teacher)
                     loss = loss + distill_weight * kd
                     distilled.append(float(kd.detach()))
                 self._step(loss, optimizer)
@@ -542,12 +542,13 @@ class Trainer:
         with a :attr:`presence_space` sends its image-level presence (B, K) instead; None
         for a user that sends neither.
         """
-        if self.presence_space:
+        if self.presence_space:  # dense logits come from the spatial path: a second pass
             self.model.eval()
             batch = self._batch(self.data.public, indices)
             with self._autocast():
+                z = self.model.encode_public(batch)
                 presence = image_presence(self.model.forward_task(batch))
-            return self.represent(indices), presence.cpu()
+            return torch.nn.functional.normalize(z.float(), dim=-1).cpu(), presence.cpu()
         if not self.label_space:
             return self.represent(indices), None
         self.model.eval()
