@@ -86,6 +86,8 @@ class DataSpec:
     private_size: int = 1200
     test_fraction: float = 0.2
     world_seed: int = 0
+    # the world's share of captions naming a kind by a synonym (WorldConfig.caption_synonyms)
+    caption_synonyms: float = 0.0
     # [data.sources]: role (a task id, or "public") -> options of the data source (the
     # "hub" source reads name, data-files, data-dir); hashable pairs, sorted
     sources: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
@@ -93,11 +95,20 @@ class DataSpec:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DataSpec:
         """Build from the ``[data]`` table (kebab-case keys)."""
+        synonyms = data.get("caption-synonyms", 0.0)
+        if isinstance(synonyms, bool) or not isinstance(synonyms, int | float):
+            raise FederationError(f"[data] caption-synonyms must be a number, got {synonyms!r}")
+        if not 0.0 <= synonyms <= 1.0:
+            raise FederationError(
+                f"[data] caption-synonyms = {synonyms} is not a probability; give a value in "
+                "[0, 1] (the share of captions that name a shape's kind by a synonym)"
+            )
         return cls(
             image_size=int(data.get("image-size", 32)),
             private_size=int(data.get("private-size", 1200)),
             test_fraction=float(data.get("test-fraction", 0.2)),
             world_seed=int(data.get("world-seed", 0)),
+            caption_synonyms=float(synonyms),
             sources=_source_options(data.get("sources", {})),
         )
 

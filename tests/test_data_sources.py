@@ -194,3 +194,24 @@ def test_users_of_one_task_in_one_process_share_one_build_of_its_set() -> None:
         assert calls == ["image-classification"] * 2
     finally:
         SOURCES.remove("counting")
+
+
+def test_the_federations_caption_synonyms_rename_kinds_in_the_worlds_captions(
+    tmp_path: Path,
+) -> None:
+    from fedmuscle_flwr.data.world import KIND_SYNONYMS
+
+    shipped = Path(load_federation("default").source).read_text()
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(shipped.replace("[data]", "[data]\ncaption-synonyms = 1.0", 1))
+    federation = load_federation(str(renamed))
+    assert federation.data.caption_synonyms == 1.0
+    text = get_data_source("world").public(federation, 16)["text"]
+    words = {w.strip(",") for caption in text for w in caption.split()}
+    assert words & {n for names in KIND_SYNONYMS.values() for n in names}
+    assert not words & set(KIND_SYNONYMS)  # at 1.0 no kind keeps its own name
+
+    for bad, needle in (("1.5", "not a probability"), ('"some"', "must be a number")):
+        renamed.write_text(shipped.replace("[data]", f"[data]\ncaption-synonyms = {bad}", 1))
+        with pytest.raises(FederationError, match=needle):
+            load_federation(str(renamed))

@@ -16,8 +16,10 @@ from fedmuscle_flwr.data import world
 from fedmuscle_flwr.data.batches import CollatedSplit, collate, to_batch
 from fedmuscle_flwr.data.world import (
     COLOURS,
+    KIND_SYNONYMS,
     KINDS,
     POSITIONS,
+    SYNONYMS_PER_KIND,
     TASKS,
     Scenes,
     WorldConfig,
@@ -31,10 +33,15 @@ from fedmuscle_flwr.data.world import (
     scene_labels,
     world_datasets,
 )
+from fedmuscle_flwr.data.world.config import CAPTION_TEMPLATES, POSITION_PHRASES
 
 COLOUR_NAMES = list(COLOURS)
+# every name a caption may give a kind -> the kind
+NAME_TO_KIND = {kind: kind for kind in KINDS} | {
+    name: kind for kind, names in KIND_SYNONYMS.items() for name in names
+}
 SHAPE_RE = re.compile(
-    r"a (large|small) (" + "|".join(COLOUR_NAMES) + r") (" + "|".join(KINDS) + r") "
+    r"a (large|small) (" + "|".join(COLOUR_NAMES) + r") (" + "|".join(NAME_TO_KIND) + r") "
     r"(at the top left|at the top right|at the top|on the left|in the centre|on the right|"
     r"at the bottom left|at the bottom right|at the bottom)"
 )
@@ -57,7 +64,8 @@ def scenes() -> Scenes:
 
 
 def parse(caption: str) -> list[tuple[str, str, str, int]]:
-    return [(s, c, k, PHRASE_TO_CELL[p]) for s, c, k, p in SHAPE_RE.findall(caption)]
+    """(size, colour, kind, cell) of each shape a caption names; a synonym gives its kind."""
+    return [(s, c, NAME_TO_KIND[k], PHRASE_TO_CELL[p]) for s, c, k, p in SHAPE_RE.findall(caption)]
 
 
 def assert_consistent(sc: Scenes, cfg: WorldConfig) -> None:
@@ -104,6 +112,7 @@ def assert_consistent(sc: Scenes, cfg: WorldConfig) -> None:
         ({"noise_std": -1.0}, "noise_std"),
         ({"label_by": "shape"}, "'shape'"),
         ({"public_size": -1}, "public_size=-1"),
+        ({"caption_synonyms": 1.5}, "caption_synonyms"),
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict[str, object], needle: str) -> None:
@@ -123,12 +132,41 @@ def test_default_class_counts() -> None:
         num_classes(cfg, "detection")
 
 
+# --------------------------------------------------------------------------- synonyms
+def test_each_kind_has_its_own_synonyms_and_none_is_another_caption_word() -> None:
+    assert set(KIND_SYNONYMS) == set(KINDS)
+    assert all(len(names) == SYNONYMS_PER_KIND for names in KIND_SYNONYMS.values())
+    synonyms = [name for names in KIND_SYNONYMS.values() for name in names]
+    assert len(set(synonyms)) == len(synonyms)
+    other_words = {"a", "large", "small", "and", *KINDS, *COLOUR_NAMES}
+    other_words |= {w for phrase in (*POSITION_PHRASES, *CAPTION_TEMPLATES) for w in phrase.split()}
+    assert not other_words & set(synonyms)
+
+
+def test_caption_synonyms_rename_that_share_of_shapes_and_change_nothing_else() -> None:
+    plain = generate_scenes(WorldConfig(), "public", 600)
+    renamed = generate_scenes(WorldConfig(caption_synonyms=0.3), "public", 600)
+    for name in ("images", "masks", "shapes", "templates"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(renamed, name))
+    present = plain.shapes[:, :, 0] >= 0
+    assert not plain.names.any()  # 0: every kind by its own name, the captions of old
+    assert not renamed.names[~present].any()
+    share = (renamed.names[present] > 0).mean()
+    assert 0.25 < share < 0.35, share
+    assert set(np.unique(renamed.names[present])) == set(range(SYNONYMS_PER_KIND + 1))
+    words = " ".join(captions(plain)).split()
+    assert not set(words) & {n for names in KIND_SYNONYMS.values() for n in names}
+    old, new = captions(plain), captions(renamed)
+    assert sum(a != b for a, b in zip(old, new, strict=True)) > 200  # about half
+    assert [parse(c) for c in old] == [parse(c) for c in new]  # same scenes, other words
+
+
 # --------------------------------------------------------------------------- determinism
 def test_same_seed_same_arrays_and_different_seed_different() -> None:
     cfg = WorldConfig(seed=7)
     a = generate_scenes(cfg, "public", 300)
     b = generate_scenes(cfg, "public", 300)
-    for name in ("images", "masks", "shapes", "templates"):
+    for name in ("images", "masks", "shapes", "templates", "names"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     c = generate_scenes(WorldConfig(seed=8), "public", 300)
     assert not np.array_equal(a.images, c.images)
@@ -200,9 +238,15 @@ def test_label_by_is_readable_from_caption(label_by: str) -> None:
     num_kinds=st.integers(1, len(KINDS)),
     max_shapes=st.integers(1, 4),
     label_by=st.sampled_from(["kind", "colour", "position", "count"]),
+    caption_synonyms=st.sampled_from([0.0, 0.3, 1.0]),
 )
 def test_any_world_is_consistent(
-    seed: int, image_size: int, num_kinds: int, max_shapes: int, label_by: str
+    seed: int,
+    image_size: int,
+    num_kinds: int,
+    max_shapes: int,
+    label_by: str,
+    caption_synonyms: float,
 ) -> None:
     cfg = WorldConfig(
         seed=seed,
@@ -210,6 +254,7 @@ def test_any_world_is_consistent(
         num_kinds=num_kinds,
         max_shapes=max_shapes,
         label_by=label_by,  # type: ignore[arg-type]
+        caption_synonyms=caption_synonyms,
     )
     assert_consistent(generate_scenes(cfg, "public", 40), cfg)
 

@@ -114,6 +114,7 @@ class WorldSource(DataSource):
         return WorldConfig(
             seed=federation.data.world_seed,
             image_size=federation.data.image_size,
+            caption_synonyms=federation.data.caption_synonyms,
             private_size=federation.data.private_size,
             public_size=public_size,
         )

@@ -11,7 +11,10 @@ one scene come all the task views:
 - ``mask``: per-pixel class id, ``kind + 1`` where a shape is visible, 0 for background.
 - ``text``: a caption in words naming each shape's size, colour, kind and position, main
   shape first ("a large red circle at the top left and a small blue square in the centre"),
-  so every ``label_by`` choice can be read from the caption alone.
+  so every ``label_by`` choice can be read from the caption alone. With
+  ``WorldConfig.caption_synonyms`` above 0 that share of shapes is named by one of its
+  kind's rarer names (``KIND_SYNONYMS``: "a large red disc"), which few labelled captions
+  cover.
 
 Each data set (the public image+caption set and one private set per task type) comes from
 its own random stream. A stream is generated in chunks of :data:`CHUNK` scenes, each
@@ -28,8 +31,10 @@ from fedmuscle_flwr.data.world.config import (
     CHUNK,
     COLOURS,
     GENERATOR_VERSION,
+    KIND_SYNONYMS,
     KINDS,
     POSITIONS,
+    SYNONYMS_PER_KIND,
     TASKS,
     LabelBy,
     Scenes,
@@ -51,7 +56,9 @@ __all__ = [
     "COLOURS",
     "GENERATOR_VERSION",
     "KINDS",
+    "KIND_SYNONYMS",
     "POSITIONS",
+    "SYNONYMS_PER_KIND",
     "TASKS",
     "LabelBy",
     "Scenes",

@@ -17,6 +17,8 @@ from fedmuscle_flwr.files import atomic_write, cache_dir
 
 __all__ = ["cache_path", "default_cache_dir", "load_scenes"]
 
+# Layout of a cache file: bump when Scenes gains or changes an array.
+_CACHE_FORMAT = 2
 # Fields that select or label data but do not change a stream's arrays.
 _NOT_RENDERED = ("label_by", "public_size", "private_size")
 
@@ -29,7 +31,14 @@ def default_cache_dir() -> Path:
 def _cache_key(cfg: WorldConfig, stream: str, n: int) -> str:
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_RENDERED}
     blob = json.dumps(
-        {"cfg": fields, "stream": stream, "n": n, "version": GENERATOR_VERSION, "chunk": CHUNK},
+        {
+            "cfg": fields,
+            "stream": stream,
+            "n": n,
+            "version": GENERATOR_VERSION,
+            "chunk": CHUNK,
+            "format": _CACHE_FORMAT,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
@@ -49,6 +58,7 @@ def _read_cache(path: Path, cfg: WorldConfig, n: int) -> Scenes:
         "masks": ((n, s, s), np.uint8),
         "shapes": ((n, m, 4), np.int16),
         "templates": ((n,), np.int16),
+        "names": ((n, m), np.int16),
     }
     with np.load(path, allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in expected}

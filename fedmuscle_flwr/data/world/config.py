@@ -18,9 +18,11 @@ __all__ = [
     "GENERATOR_VERSION",
     "KIND",
     "KINDS",
+    "KIND_SYNONYMS",
     "POSITIONS",
     "POSITION_PHRASES",
     "SIZE",
+    "SYNONYMS_PER_KIND",
     "TASKS",
     "LabelBy",
     "Scenes",
@@ -36,6 +38,20 @@ CHUNK = 256
 TASKS: tuple[str, ...] = BUILTIN_TASKS
 
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "cross", "diamond", "ring")
+
+#: How many rarer names each kind has in :data:`KIND_SYNONYMS`.
+SYNONYMS_PER_KIND = 8
+#: Rarer names of each kind, which a caption uses instead of the kind's name with
+#: probability ``WorldConfig.caption_synonyms`` (each equally often): a text user must learn
+#: them from few labelled captions, or from the public set, where images show what they name.
+KIND_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "circle": ("disc", "dot", "orb", "ball", "coin", "blob", "bead", "pearl"),
+    "square": ("box", "block", "tile", "cube", "brick", "panel", "slab", "crate"),
+    "triangle": ("wedge", "pyramid", "arrowhead", "spike", "cone", "tent", "fin", "delta"),
+    "cross": ("plus", "saltire", "crux", "crossing", "asterisk", "cruciform", "junction", "mark"),
+    "diamond": ("rhombus", "lozenge", "kite", "gem", "rhomb", "jewel", "facet", "crystal"),
+    "ring": ("hoop", "donut", "loop", "annulus", "halo", "band", "wreath", "torus"),
+}
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.92, 0.12, 0.10),
@@ -102,6 +118,10 @@ class WorldConfig:
     min_visible_pixels : int
         Each shape keeps at least this many visible pixels; scenes that break this are
         drawn again, so the multi-label set always equals the kinds in the mask.
+    caption_synonyms : float
+        Probability that a caption names a shape's kind by one of its rarer names
+        (:data:`KIND_SYNONYMS`, uniformly) instead of the kind's name; 0 keeps every
+        caption as it was before the option existed.
     label_by : {"kind", "colour", "position", "count"}
         What the single-class ``label`` is: the main shape's kind, colour or grid cell,
         or the number of shapes.
@@ -120,6 +140,7 @@ class WorldConfig:
     jitter: float = 0.05
     noise_std: float = 0.03
     min_visible_pixels: int = 4
+    caption_synonyms: float = 0.0
     label_by: LabelBy = "kind"
     public_size: int = 2000
     private_size: int = 2000
@@ -151,6 +172,8 @@ class WorldConfig:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if self.min_visible_pixels < 1:
             raise ValueError(f"min_visible_pixels must be >= 1, got {self.min_visible_pixels}")
+        if not 0.0 <= self.caption_synonyms <= 1.0:
+            raise ValueError(f"caption_synonyms must be in [0, 1], got {self.caption_synonyms}")
         if self.label_by not in _LABEL_BY:
             raise ValueError(f"label_by must be one of {_LABEL_BY}, got {self.label_by!r}")
         if self.public_size < 0 or self.private_size < 0:
@@ -175,12 +198,16 @@ class Scenes:
         the large main shape first; ``-1`` rows for absent shapes. ``size`` is 1 for large.
     templates : numpy.ndarray
         ``(n,)`` int16 caption template ids.
+    names : numpy.ndarray
+        ``(n, max_shapes)`` int16: which name the caption gives each shape's kind, 0 for
+        the kind's own name, ``i`` for ``KIND_SYNONYMS[kind][i - 1]``.
     """
 
     images: np.ndarray
     masks: np.ndarray
     shapes: np.ndarray
     templates: np.ndarray
+    names: np.ndarray
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -12,6 +12,7 @@ from fedmuscle_flwr.data.world.config import (
     CHUNK,
     GENERATOR_VERSION,
     KIND,
+    SYNONYMS_PER_KIND,
     Scenes,
     WorldConfig,
 )
@@ -43,7 +44,21 @@ def _generate_chunk(cfg: WorldConfig, stream: str, chunk: int) -> Scenes:
             f"after 100 tries; lower it or raise image_size (config: {cfg})"
         )
     templates = rng.integers(0, len(CAPTION_TEMPLATES), size=CHUNK).astype(np.int16)
-    return Scenes(images, masks, shapes, templates)
+    return Scenes(images, masks, shapes, templates, _caption_names(rng, shapes, cfg))
+
+
+def _caption_names(rng: np.random.Generator, shapes: np.ndarray, cfg: WorldConfig) -> np.ndarray:
+    """Draw which name each shape's kind gets in the caption (0: the kind's own name).
+
+    Drawn last, so a stream's images, masks and templates do not depend on
+    ``caption_synonyms``.
+    """
+    u = rng.random(shapes.shape[:2])
+    names = np.zeros(u.shape, np.int16)
+    rare = (u < cfg.caption_synonyms) & (shapes[:, :, KIND] >= 0)
+    pick = np.floor(u[rare] / cfg.caption_synonyms * SYNONYMS_PER_KIND).astype(np.int16)
+    names[rare] = 1 + np.minimum(pick, SYNONYMS_PER_KIND - 1)
+    return names
 
 
 def generate_scenes(cfg: WorldConfig, stream: str, n: int) -> Scenes:
@@ -73,6 +88,7 @@ def generate_scenes(cfg: WorldConfig, stream: str, n: int) -> Scenes:
             np.zeros((0, s, s), np.uint8),
             np.zeros((0, cfg.max_shapes, 4), np.int16),
             np.zeros((0,), np.int16),
+            np.zeros((0, cfg.max_shapes), np.int16),
         )
     return Scenes(
         *(

@@ -14,6 +14,7 @@ from fedmuscle_flwr.data.world.config import (
     COLOUR,
     COLOURS,
     KIND,
+    KIND_SYNONYMS,
     KINDS,
     POSITION_PHRASES,
     POSITIONS,
@@ -34,17 +35,22 @@ __all__ = [
 ]
 
 
-def _describe(row: np.ndarray) -> str:
+def _describe(row: np.ndarray, name: int) -> str:
     size = "large" if row[SIZE] == 1 else "small"
     colour = list(COLOURS)[row[COLOUR]]
-    return f"a {size} {colour} {KINDS[row[KIND]]} {POSITION_PHRASES[row[CELL]]}"
+    kind = KINDS[row[KIND]]
+    noun = kind if name == 0 else KIND_SYNONYMS[kind][name - 1]
+    return f"a {size} {colour} {noun} {POSITION_PHRASES[row[CELL]]}"
 
 
 def captions(scenes: Scenes) -> list[str]:
-    """Caption every scene: each shape in drawing order, the large main shape first."""
+    """Caption every scene: each shape in drawing order, the large main shape first.
+
+    Each kind is named as ``scenes.names`` says: its own name or one of its synonyms.
+    """
     out = []
-    for rows, template in zip(scenes.shapes, scenes.templates, strict=True):
-        parts = [_describe(r) for r in rows if r[KIND] >= 0]
+    for rows, names, template in zip(scenes.shapes, scenes.names, scenes.templates, strict=True):
+        parts = [_describe(r, int(k)) for r, k in zip(rows, names, strict=True) if r[KIND] >= 0]
         body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         out.append(CAPTION_TEMPLATES[template].format(body))
     return out
