@@ -49,6 +49,9 @@ FALLBACKS = ("off", "local", "auto")  # local: each user also trains alone, keep
 # what "better on validation" means for the fallback (bootstrap: fedmuscle_flwr.training.bootstrap)
 FALLBACK_CRITERIA = ("loss", "metric", "bootstrap")
 GATE_CRITERIA = ("loss", "metric")  # what "helped" means for the gate
+# what a user evaluates and reports: its weights (off), or an exponential moving average of
+# them over rounds (ema); for every algorithm, the local baseline included
+WEIGHT_AVERAGES = ("off", "ema")
 #: Keys that change nothing when ``algorithm = "local"`` (a local baseline ignores them).
 COLLABORATION_KEYS = frozenset(
     {
@@ -164,6 +167,9 @@ class RunConfig:
     dp_epsilon: float = 8.0  # target epsilon per user for the whole run (inf: no noise)
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0  # per-example gradient clipping norm
+    # ---- what a user evaluates (every algorithm, the local baseline included)
+    weight_average: str = "off"  # off | ema: evaluate an average of the weights over rounds
+    weight_average_decay: float = 0.5  # ema: the average's share kept each round
 
     @property
     def private_steps(self) -> int:
@@ -188,6 +194,12 @@ class RunConfig:
         _choice("fallback", self.fallback, FALLBACKS)
         _choice("fallback_criterion", self.fallback_criterion, FALLBACK_CRITERIA)
         _choice("gate_criterion", self.gate_criterion, GATE_CRITERIA)
+        _choice("weight_average", self.weight_average, WEIGHT_AVERAGES)
+        if not 0 <= self.weight_average_decay < 1:
+            raise ConfigError(
+                "weight-average-decay must be in [0, 1) (0: the last round's weights alone), "
+                f"got {self.weight_average_decay!r}"
+            )
         if not (self.dp_epsilon > 0 and not math.isnan(self.dp_epsilon)):
             raise ConfigError(f"dp-epsilon must be > 0 (inf: no noise), got {self.dp_epsilon!r}")
         if not 0 < self.dp_delta < 1:

@@ -46,6 +46,8 @@ class TrainSettings:
     dp: bool = False  # DP-SGD for the supervised steps (fedmuscle_flwr.privacy)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     private_steps: int = 0  # the most DP steps the run can take (sets the noise)
+    weight_average: str = "off"  # or "ema": evaluate an average of the weights over rounds
+    weight_average_decay: float = 0.5  # ema: the average's share kept each round
 
     def __post_init__(self) -> None:
         if self.algorithm not in list_algorithms():
@@ -91,4 +93,6 @@ class TrainSettings:
                 max_grad_norm=config.dp_max_grad_norm,
             ),
             private_steps=config.private_steps,
+            weight_average=config.weight_average,
+            weight_average_decay=config.weight_average_decay,
         )

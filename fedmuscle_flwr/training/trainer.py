@@ -119,6 +119,9 @@ class Trainer:
         # fallback-window: validation outputs (joined, alone) of the rounds that the next
         # decision pools besides its own (at most fallback-window - 1; none with a window of 1)
         self.fallback_outputs: list[tuple[Tensor, Tensor]] = []
+        # weight-average = "ema": the moving average over rounds of the tensors training
+        # changes (trainable parameters, float buffers), by name; what evaluate() scores
+        self.averaged: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------------ round steps
 
@@ -170,6 +173,7 @@ class Trainer:
         then takes the round's steps alone.
         """
         result = self._train_round(indices, payload, weight)
+        self._update_average()
         if self.fallback is not None:  # the user alone: its own random state, no payload
             with self.fallback.random_state():
                 self.fallback.train_round(None, None)
@@ -433,14 +437,61 @@ class Trainer:
         on and represents the user to its partners). ``joined-<primary metric>`` is the
         joined model's, whichever is kept: what collaboration did to the model, beside what
         the user reports.
+
+        With ``weight-average = "ema"`` each model is scored, and the two compared, with its
+        weights averaged over the rounds (:meth:`averaged_weights`).
         """
-        if self.fallback is None:
-            return self._metrics()
-        decision = self._fallback_decision(self.fallback)
-        joined = self._metrics()
-        metrics = self.fallback._metrics() if decision["fallback-local"] else joined
+        with self.averaged_weights():
+            if self.fallback is None:
+                return self._metrics()
+            with self.fallback.averaged_weights():
+                decision = self._fallback_decision(self.fallback)
+                joined = self._metrics()
+                metrics = self.fallback._metrics() if decision["fallback-local"] else joined
         primary = self.model.task_type.primary_metric
         return metrics | decision | {f"joined-{primary}": joined[primary]}
+
+    # ------------------------------------------------------------------ weight average
+
+    def _averaged_tensors(self) -> dict[str, Tensor]:
+        """The tensors an average follows: trainable parameters and floating-point buffers."""
+        tensors = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        return tensors | {n: b for n, b in self.model.named_buffers() if b.is_floating_point()}
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        """``weight-average = "ema"``: fold this round's weights into the average."""
+        if self.settings.weight_average != "ema":
+            return
+        current = self._averaged_tensors()
+        if self.averaged is None:
+            self.averaged = {n: t.detach().clone() for n, t in current.items()}
+            return
+        keep = self.settings.weight_average_decay
+        for name, tensor in current.items():
+            self.averaged[name].mul_(keep).add_(tensor.detach(), alpha=1 - keep)
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Inside, the model holds its averaged weights (none yet: its own); then its own again.
+
+        Training never sees the average: the gate, the contrastive steps and Z use the
+        weights training left.
+        """
+        if self.averaged is None:
+            yield
+            return
+        current = self._averaged_tensors()
+        own = {n: t.detach().clone() for n, t in current.items()}
+        with torch.no_grad():
+            for name, tensor in current.items():
+                tensor.copy_(self.averaged[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, tensor in current.items():
+                    tensor.copy_(own[name])
 
     def _fallback_decision(self, fallback: Trainer) -> dict[str, float]:
         if self.settings.fallback_criterion == "bootstrap":
@@ -569,6 +620,7 @@ class Trainer:
             "privacy": None if self.private is None else self.private.state_dict(),
             "fallback": None if self.fallback is None else self.fallback.state_dict(),
             "fallback_outputs": list(self.fallback_outputs),
+            "averaged": None if self.averaged is None else dict(self.averaged),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -589,6 +641,10 @@ class Trainer:
                 raise ValueError("the saved state has no fallback model (saved with fallback off)")
             self.fallback.load_state_dict(state["fallback"])
         self.fallback_outputs = [tuple(pair) for pair in state.get("fallback_outputs", [])]
+        averaged = state.get("averaged")
+        self.averaged = (
+            None if averaged is None else {n: t.to(self.device) for n, t in averaged.items()}
+        )
 
     # ------------------------------------------------------------------ helpers
 
