@@ -10,7 +10,7 @@ usage: deploy/make-node-keys.sh OUT_DIR NAME [NAME...] [--force]
 For each NAME writes into OUT_DIR (created; never inside the repository):
   NAME      the SuperNode's private key: copy it to that node only
   NAME.pub  its public key: register it with 'deploy/register-nodes.sh'
-NAME is usually the user id the node serves (for example vit-cls).
+NAME is usually the user id the node serves (for example convnext-cls).
 USAGE
 }
 

@@ -6,7 +6,7 @@ hyper-parameters. The federation is a TOML file: ``federation = "default"`` in t
 config picks the one shipped in ``fedmuscle_flwr/federations/``; any other value is a path.
 
 In simulation a node's ``partition-id`` indexes the user list; in deployment a SuperNode's
-``--node-config`` names its user (``user="vit-cls"``), or gives a ``partition-id``. A
+``--node-config`` names its user (``user="convnext-cls"``), or gives a ``partition-id``. A
 ``[[users]]`` table with ``count = N`` declares a group of N alike users (ids numbered).
 """
 

@@ -184,7 +184,7 @@ def test_users_of_one_task_in_one_process_share_one_build_of_its_set() -> None:
     register_data_source("counting")(Counting)
     try:
         federation = load_federation("default")
-        first, second = (federation.user(u) for u in ("cnn-cls", "vit-cls"))
+        first, second = (federation.user(u) for u in ("cnn-cls", "convnext-cls"))
         a = load_user_data(first, federation, source="counting", public_size=4)
         b = load_user_data(second, federation, source="counting", public_size=4)
         assert calls == ["image-classification"]
@@ -202,6 +202,8 @@ def test_the_federations_caption_synonyms_rename_kinds_in_the_worlds_captions(
     from fedmuscle_flwr.data.world import KIND_SYNONYMS
 
     shipped = Path(load_federation("default").source).read_text()
+    assert load_federation("default").data.caption_synonyms == 0.3
+    shipped = "\n".join(x for x in shipped.splitlines() if not x.startswith("caption-synonyms"))
     renamed = tmp_path / "renamed.toml"
     renamed.write_text(shipped.replace("[data]", "[data]\ncaption-synonyms = 1.0", 1))
     federation = load_federation(str(renamed))

@@ -272,12 +272,12 @@ def test_secure_commands_and_explicit_insecure(tmp_path):
     assert "--insecure" not in link.stdout
 
     node = _script(
-        "start-supernode.sh", "--superlink", "h:9092", "--user", "vit-cls",
+        "start-supernode.sh", "--superlink", "h:9092", "--user", "convnext-cls",
         "--ca", str(certs / "ca.crt"), "--key", str(tmp_path / "keys" / "n1"), "--dry-run",
     )  # fmt: skip
     assert node.returncode == 0, node.stderr
     assert "--root-certificates" in node.stdout and "--auth-supernode-private-key" in node.stdout
-    assert 'user=\\"vit-cls\\"' in node.stdout and "--insecure" not in node.stdout
+    assert 'user=\\"convnext-cls\\"' in node.stdout and "--insecure" not in node.stdout
 
     insecure = _script("start-superlink.sh", "--insecure", "--database", "s.db", "--dry-run")
     assert insecure.returncode == 0 and "--insecure" in insecure.stdout

@@ -45,8 +45,8 @@ def test_local_baseline_drops_collaboration_keys_only():
 def test_an_attack_is_the_sweeps_key_not_the_run_configs():
     ours = {"attack": "a:random", "screening": "exclude", "seed": 0}
     assert local_overrides(ours) == {"seed": 0, "algorithm": "local"}
-    assert parse_attack("vit-cls:replay") == ("vit-cls", "replay")
-    for bad in ("vit-cls", "vit-cls:lies", ":random"):
+    assert parse_attack("convnext-cls:replay") == ("convnext-cls", "replay")
+    for bad in ("convnext-cls", "convnext-cls:lies", ":random"):
         with pytest.raises(SystemExit, match="USER:KIND"):
             parse_attack(bad)
 
