@@ -108,3 +108,26 @@ def test_the_fallback_compares_the_two_averages_and_the_state_keeps_them():
 def test_bad_weight_average_settings_are_refused(overrides, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace(")", r"\)")):
         RunConfig(**overrides)
+
+
+def test_a_private_user_scores_its_average_and_spends_nothing_more_for_it():
+    """With DP-SGD the average is post-processing: the same steps, the same epsilon."""
+    from tests.test_privacy import CONFIG as PRIVATE
+
+    profile = load_federation(TINY_FEDERATION).users[0]
+    config = dataclasses.replace(PRIVATE, gate="off")
+    plain = build_trainer(config, profile, TINY_FEDERATION)
+    averaged = build_trainer(
+        dataclasses.replace(config, weight_average="ema"), profile, TINY_FEDERATION
+    )
+    for trainer in (plain, averaged):
+        for _ in range(2):
+            with trainer.random_state():
+                trainer.train_round(None, None)
+    assert averaged.privacy_spent() == plain.privacy_spent()
+    assert averaged.averaged is not None and averaged.averaged.keys() == set(
+        averaged._averaged_tensors()
+    )
+    with averaged.averaged_weights():
+        expected = averaged._metrics()
+    assert averaged.evaluate() == expected
