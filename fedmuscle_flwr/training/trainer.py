@@ -40,6 +40,11 @@ __all__ = ["Trainer", "contrastive_objective"]
 EVAL_BATCH = 256
 
 
+def _unit_rows(z: Tensor) -> Tensor:
+    """Z as the wire carries it: float32 rows of unit norm, on the CPU."""
+    return torch.nn.functional.normalize(z.float(), dim=-1).cpu()
+
+
 def contrastive_objective(
     algorithm: str, payload: UserPayload, *, tau: float, tau_alpha: float
 ) -> Callable[[Tensor], Tensor]:
@@ -469,7 +474,7 @@ class Trainer:
             return
         keep = self.settings.weight_average_decay
         for name, tensor in current.items():
-            self.averaged[name].mul_(keep).add_(tensor.detach(), alpha=1 - keep)
+            self.averaged[name].lerp_(tensor, 1 - keep)
 
     @contextlib.contextmanager
     def averaged_weights(self) -> Iterator[None]:
@@ -583,7 +588,7 @@ class Trainer:
         self.model.eval()
         with self._autocast():
             z = self.model.encode_public(self._batch(self.data.public, indices))
-        return torch.nn.functional.normalize(z.float(), dim=-1).cpu()
+        return _unit_rows(z)
 
     @torch.no_grad()
     def represent_and_predict(self, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
@@ -599,14 +604,14 @@ class Trainer:
             with self._autocast():
                 z = self.model.encode_public(batch)
                 presence = image_presence(self.model.forward_task(batch))
-            return torch.nn.functional.normalize(z.float(), dim=-1).cpu(), presence.cpu()
+            return _unit_rows(z), presence.cpu()
         if not self.label_space:
             return self.represent(indices), None
         self.model.eval()
         with self._autocast():
             z, logits = self.model.encode_public_with_logits(self._batch(self.data.public, indices))
         probabilities = class_probabilities(logits, temperature=self.settings.distill_temperature)
-        return torch.nn.functional.normalize(z.float(), dim=-1).cpu(), probabilities.cpu()
+        return _unit_rows(z), probabilities.cpu()
 
     # ------------------------------------------------------------------ state
 
