@@ -148,6 +148,7 @@ def _round_work(
         instruction.contrast_indices,
         instruction.payload,
         weight=config.lambda_at(instruction.round_id),
+        lr_scale=config.lr_scale_at(instruction.round_id),
     )
     metrics |= trainer.privacy_spent()  # dp-epsilon, dp-delta with dp = true
     metrics |= trainer.evaluate()

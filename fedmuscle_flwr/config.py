@@ -52,6 +52,7 @@ GATE_CRITERIA = ("loss", "metric")  # what "helped" means for the gate
 # what a user evaluates and reports: its weights (off), or an exponential moving average of
 # them over rounds (ema); for every algorithm, the local baseline included
 WEIGHT_AVERAGES = ("off", "ema")
+LR_SCHEDULES = ("constant", "cosine")
 #: Keys that change nothing when ``algorithm = "local"`` (a local baseline ignores them).
 COLLABORATION_KEYS = frozenset(
     {
@@ -170,6 +171,9 @@ class RunConfig:
     # ---- what a user evaluates (every algorithm, the local baseline included)
     weight_average: str = "off"  # off | ema: evaluate an average of the weights over rounds
     weight_average_decay: float = 0.5  # ema: the average's share kept each round
+    # ---- how a user's learning rate moves over the run (every algorithm, local included)
+    lr_schedule: str = "constant"  # constant | cosine: decays over num-server-rounds
+    lr_final_share: float = 0.0  # cosine: the share of the learning rate it decays towards
 
     @property
     def private_steps(self) -> int:
@@ -199,6 +203,11 @@ class RunConfig:
             raise ConfigError(
                 "weight-average-decay must be in [0, 1) (0: the last round's weights alone), "
                 f"got {self.weight_average_decay!r}"
+            )
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not 0 <= self.lr_final_share <= 1:
+            raise ConfigError(
+                f"lr-final-share must be in [0, 1] (1: no decay), got {self.lr_final_share!r}"
             )
         if not (self.dp_epsilon > 0 and not math.isnan(self.dp_epsilon)):
             raise ConfigError(f"dp-epsilon must be > 0 (inf: no noise), got {self.dp_epsilon!r}")
@@ -318,6 +327,20 @@ class RunConfig:
         if self.lambda_ramp_rounds == 0:
             return self.contrastive_weight
         return self.contrastive_weight * min(1.0, active / self.lambda_ramp_rounds)
+
+    def lr_scale_at(self, round_id: int) -> float:
+        """The share of each user's learning rate in round ``round_id`` (1-based).
+
+        ``constant``: 1. ``cosine``: half a cosine from 1 in round 1 towards
+        ``lr-final-share``, which it would reach one round after ``num-server-rounds``, so
+        the last round still takes steps: ``f + (1 - f) (1 + cos(pi (t - 1) / T)) / 2``.
+        Rounds past ``num-server-rounds`` (a resumed run asked for more) stay at ``f``.
+        """
+        if self.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, max(0, round_id - 1) / self.num_server_rounds)
+        final = self.lr_final_share
+        return final + (1 - final) * (1 + math.cos(math.pi * progress)) / 2
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:

@@ -118,6 +118,7 @@ class Trainer:
         }
         self.rounds_done = 0
         self.gate_scale = 1.0  # the validation gate's multiplier of lambda
+        self.lr_scale = 1.0  # this round's share of the learning rate (lr-schedule)
         # fallback = "local": the same user trained alone, step for step as its local
         # baseline would be; evaluate() reports whichever model is better on validation.
         self.fallback: Trainer | None = None
@@ -165,10 +166,13 @@ class Trainer:
         payload: UserPayload | None,
         *,
         weight: float | None = None,
+        lr_scale: float = 1.0,
     ) -> dict[str, float]:
         """One round's contrastive update (given a payload) and supervised steps.
 
         They run in ``contrastive_order``; returns ``train-loss`` and the contrastive metrics.
+        ``lr_scale`` is this round's share of the learning rate (``lr-schedule``), for every
+        step of the round and the fallback's alike.
 
         With ``gate = "paired"`` (*beyond the paper*) the round is also run without its
         contrastive update, from the same state and on the same minibatches; the user keeps
@@ -177,12 +181,23 @@ class Trainer:
         has had its steps on it, not before. With a :attr:`fallback` trainer, that one
         then takes the round's steps alone.
         """
+        self._set_lr_scale(lr_scale)
         result = self._train_round(indices, payload, weight)
         self._update_average()
         if self.fallback is not None:  # the user alone: its own random state, no payload
             with self.fallback.random_state():
-                self.fallback.train_round(None, None)
+                self.fallback.train_round(None, None, lr_scale=lr_scale)
         return result
+
+    def _set_lr_scale(self, scale: float) -> None:
+        """Put this round's learning rate into the task optimiser.
+
+        The contrastive optimiser's rate (``optimizer-state = "separate"``) is set per step,
+        times lambda.
+        """
+        self.lr_scale = scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.settings.learning_rate * scale
 
     def _train_round(
         self, indices: Sequence[int] | None, payload: UserPayload | None, weight: float | None
@@ -370,7 +385,7 @@ class Trainer:
         if self.contrastive_optimizer is not None:
             optimizer = self.contrastive_optimizer
             for group in optimizer.param_groups:
-                group["lr"] = self.settings.learning_rate * weight
+                group["lr"] = self.settings.learning_rate * weight * self.lr_scale
             weight = 1.0
         self.model.train()
         losses, distilled = [], []
