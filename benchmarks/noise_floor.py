@@ -21,34 +21,29 @@ import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from client_app.app import user_data
 from fedmuscle_flwr.config import RunConfig
-from fedmuscle_flwr.data.users import load_user_data
 from fedmuscle_flwr.federation import load_federation
 from fedmuscle_flwr.launch import parse_toml_overrides
 from fedmuscle_flwr.results import RunResults
 
 
 def split_sizes(config: RunConfig, seeds: Sequence[int]) -> dict[str, dict[str, list[int]]]:
-    """Each user's ``train``, ``validation`` and ``test`` sizes, one entry per seed."""
+    """Each user's ``train``, ``validation`` and ``test`` sizes, one entry per seed: the
+    splits its ClientApp trains and is scored on."""
     federation = load_federation(config.federation)
     sizes: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for seed in seeds:
+        seeded = replace(config, seed=seed)
         for profile in federation.users:
-            data = load_user_data(
-                profile,
-                federation,
-                source=config.dataset,
-                public_size=config.public_size,
-                seed=seed,
-                validation_fraction=config.validation_fraction,
-                label_budget=config.label_budget,
-            )
-            validation = len(data.validation) if data.validation is not None else 0
-            for name, n in (("train", len(data.train)), ("validation", validation)):
-                sizes[profile.id][name].append(n)
-            sizes[profile.id]["test"].append(len(data.test))
+            data = user_data(seeded, profile, federation)
+            user = sizes[profile.id]
+            user["train"].append(len(data.train))
+            user["validation"].append(len(data.validation) if data.validation is not None else 0)
+            user["test"].append(len(data.test))
     return sizes
 
 
@@ -104,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     for user_id, user_sizes in sizes.items():
         test = user_sizes["test"]
         swing = swings.get(user_id, [])
-        rows[user_id] = {
-            **{name: list(values) for name, values in user_sizes.items()},
-            "swing": swing,
-        }
+        rows[user_id] = {**user_sizes, "swing": swing}
         one = f"{100 / max(test):.1f}-{100 / min(test):.1f}"
         mean = f"{statistics.fmean(swing):.1f}" if swing else "-"
         peak = f"{max(swing):.1f}" if swing else "-"

@@ -20,8 +20,8 @@ from flwr.clientapp import ClientApp
 from client_app.state import StateStore, default_state_root
 from fedmuscle_flwr import wire
 from fedmuscle_flwr.config import RunConfig
-from fedmuscle_flwr.data.users import load_user_data
-from fedmuscle_flwr.federation import UserProfile, load_federation
+from fedmuscle_flwr.data.users import UserData, load_user_data
+from fedmuscle_flwr.federation import Federation, UserProfile, load_federation
 from fedmuscle_flwr.models import build_client_model
 from fedmuscle_flwr.tasks import get_task
 from fedmuscle_flwr.training import Trainer, TrainSettings, resolve_device
@@ -36,10 +36,9 @@ def user_seed(config: RunConfig, profile: UserProfile) -> int:
     return (config.seed * 1_000_003 + zlib.crc32(profile.id.encode())) % 2**31
 
 
-def build_trainer(config: RunConfig, profile: UserProfile, federation_name: str) -> Trainer:
-    """Build the user's model, data and trainer from data alone (no state)."""
-    federation = load_federation(federation_name)
-    data = load_user_data(
+def user_data(config: RunConfig, profile: UserProfile, federation: Federation) -> UserData:
+    """The user's train/validation/test split and the public set, as this run config asks."""
+    return load_user_data(
         profile,
         federation,
         source=config.dataset,
@@ -48,6 +47,11 @@ def build_trainer(config: RunConfig, profile: UserProfile, federation_name: str)
         validation_fraction=config.validation_fraction,
         label_budget=config.label_budget,
     )
+
+
+def build_trainer(config: RunConfig, profile: UserProfile, federation_name: str) -> Trainer:
+    """Build the user's model, data and trainer from data alone (no state)."""
+    data = user_data(config, profile, load_federation(federation_name))
     model = build_client_model(
         profile.model,
         seed=user_seed(config, profile),
