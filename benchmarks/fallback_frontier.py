@@ -13,7 +13,9 @@ well as two bounds that no threshold can pass: ``joined`` (always the joined mod
 
 The replay is exact only where the lone model and the local run agree: every user-round
 that reported its lone model is checked against the local run, and the mismatches are
-counted in the output (in-process sweeps agree bit for bit).
+counted in the output (in-process sweeps agree bit for bit). Runs that differ in more than
+the seed (another algorithm, other overrides) are replayed as separate groups, each named
+by the run-config keys that set it apart.
 
 Usage:
     python benchmarks/fallback_frontier.py --runs outputs/sweep [--rounds 20 30] \\
@@ -210,6 +212,32 @@ def frontier(
     return rows
 
 
+def group_pairs(pairs: Sequence[Pair]) -> dict[str, list[Pair]]:
+    """The pairs by variant: runs that differ in nothing but the seed share a group, named
+    by the keys whose values differ between groups (``all runs`` where none do)."""
+    ignored = BOOKKEEPING_KEYS - {"algorithm"} | {"seed"}
+    keys = sorted({k for p in pairs for k in p.run.config} - ignored)
+    varying = [k for k in keys if len({json.dumps(p.run.config.get(k)) for p in pairs}) > 1]
+    groups: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        name = ", ".join(f"{k}={json.dumps(pair.run.config.get(k))}" for k in varying)
+        groups.setdefault(name or "all runs", []).append(pair)
+    return groups
+
+
+def _print_rows(rows: Sequence[dict[str, float | str]]) -> None:
+    header = (
+        f"{'round':>5}  {'rule':<28} {'improved':>8} {'Delta %':>8} {'worst %':>8} {'lowest %':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row['round']:>5}  {row['rule']:<28} {row['improved']:>8.2f} "
+            f"{row['delta']:>+8.2f} {row['worst']:>+8.2f} {row['lowest']:>+8.2f}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, nargs="+", required=True, help="dirs of runs")
@@ -228,32 +256,23 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or [shortest]
     if bad := [r for r in rounds if not 1 <= r <= shortest]:
         raise SystemExit(f"error: --rounds {bad} outside 1-{shortest}, the rounds every run has")
-    seeds = sorted({p.seed for p in pairs})
-    print(f"{len(pairs)} runs (seeds {seeds}), each against its local run")
-    header = (
-        f"{'round':>5}  {'rule':<28} {'improved':>8} {'Delta %':>8} {'worst %':>8} {'lowest %':>8}"
-    )
-    print(header)
-    print("-" * len(header))
-    rows, checks = [], {}
-    for round_number in rounds:
-        differ, kept = mismatches(pairs, round_number)
-        checks[round_number] = {"lone-differs": differ, "lone-kept": kept}
-        for row in frontier(pairs, round_number, args.confidence, args.last_share):
-            rows.append(row)
-            print(
-                f"{row['round']:>5}  {row['rule']:<28} {row['improved']:>8.2f} "
-                f"{row['delta']:>+8.2f} {row['worst']:>+8.2f} {row['lowest']:>+8.2f}"
-            )
-        if differ:
-            print(
-                f"warning: round {round_number}: {differ} of {kept} user-rounds that kept the "
-                "lone model differ from the local run; the replay is approximate there"
-            )
-    args.output.write_text(
-        json.dumps({"seeds": seeds, "runs": len(pairs), "checks": checks, "rows": rows}, indent=1)
-        + "\n"
-    )
+    groups = []
+    for name, members in group_pairs(pairs).items():
+        seeds = sorted({p.seed for p in members})
+        print(f"{name}: {len(members)} runs (seeds {seeds}), each against its local run")
+        rows, checks = [], {}
+        for round_number in rounds:
+            differ, kept = mismatches(members, round_number)
+            checks[round_number] = {"lone-differs": differ, "lone-kept": kept}
+            rows += frontier(members, round_number, args.confidence, args.last_share)
+            if differ:
+                print(
+                    f"warning: round {round_number}: {differ} of {kept} user-rounds that kept "
+                    "the lone model differ from the local run; the replay is approximate there"
+                )
+        _print_rows(rows)
+        groups.append({"group": name, "seeds": seeds, "checks": checks, "rows": rows})
+    args.output.write_text(json.dumps({"groups": groups}, indent=1) + "\n")
     print(f"wrote {args.output}")
     return 0
 

@@ -147,8 +147,8 @@ def test_the_script_prints_and_writes_the_frontier_of_runs_on_disk(tmp_path, cap
     main = FRONTIER["main"]
     args = ["--runs", str(tmp_path), "--confidence", "0.8", "--last-share", "0.5"]
     assert main([*args, "--rounds", "1", "2", "--output", str(output)]) == 0
-    table = json.loads(output.read_text())
-    assert table["runs"] == 1 and table["seeds"] == [0]
+    (table,) = json.loads(output.read_text())["groups"]
+    assert table["group"] == "all runs" and table["seeds"] == [0]
     assert [row["rule"] for row in table["rows"] if row["round"] == 2] == [
         "joined",
         "oracle",
@@ -162,3 +162,28 @@ def test_the_script_prints_and_writes_the_frontier_of_runs_on_disk(tmp_path, cap
         main([*args, "--rounds", "3", "--output", str(output)])
     with pytest.raises(SystemExit, match="no collaborative run"):
         main(["--runs", str(tmp_path / "local"), "--output", str(output)])
+
+
+def test_runs_of_different_variants_are_replayed_as_separate_groups(tmp_path):
+    local = _local({"a": [0.5], "b": [0.5]})
+    shares = {u: [(1.0, 1.0)] for u in "ab"}
+    muscle = _joined(local, {"a": [0.6], "b": [0.6]}, shares)
+    pairwise = _joined(local, {"a": [0.4], "b": [0.4]}, shares, algorithm="pairwise")
+    local_1 = _local({"a": [0.5], "b": [0.5]}, seed=1)
+    muscle_1 = _joined(local_1, {"a": [0.6], "b": [0.4]}, shares)
+    groups = FRONTIER["group_pairs"](
+        FRONTIER["pair_runs"]([local, muscle, pairwise, local_1, muscle_1])
+    )
+    assert {name: len(members) for name, members in groups.items()} == {
+        'algorithm="muscle"': 2,
+        'algorithm="pairwise"': 1,
+    }
+    for run in (local, muscle, pairwise):
+        run.write(tmp_path / f"{run.config['algorithm']}")
+    output = tmp_path / "frontier.json"
+    assert FRONTIER["main"](["--runs", str(tmp_path), "--output", str(output)]) == 0
+    joined = {
+        group["group"]: next(r for r in group["rows"] if r["rule"] == "joined")["improved"]
+        for group in json.loads(output.read_text())["groups"]
+    }
+    assert joined == {'algorithm="muscle"': 1.0, 'algorithm="pairwise"': 0.0}
