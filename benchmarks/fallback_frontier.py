@@ -119,7 +119,8 @@ class UserRound:
 
 
 def user_rounds(pair: Pair, round_number: int) -> dict[str, UserRound]:
-    """Every user of ``pair`` in round ``round_number`` (1-based) with all it needs."""
+    """Every user of ``pair`` in round ``round_number`` (1-based) with all it needs; users
+    without fallback shares or with a local metric of 0 are left out, as Delta leaves them."""
     run, local = pair.run, pair.local
     record = run.rounds[round_number - 1].metrics
     local_record = local.rounds[round_number - 1].metrics
@@ -128,6 +129,8 @@ def user_rounds(pair: Pair, round_number: int) -> dict[str, UserRound]:
         info = run.users.get(user_id)
         base = local.primary(user_id, local_record.get(user_id, {}))
         if info is None or base is None or "fallback-joined-share" not in metrics:
+            continue
+        if base == 0 or not math.isfinite(base):  # no relative change (as in delta.py)
             continue
         share = metrics["fallback-joined-share"]
         users[user_id] = UserRound(
@@ -153,7 +156,7 @@ def mismatches(pairs: Sequence[Pair], round_number: int) -> tuple[int, int]:
 
 
 def _relative(value: float, base: float) -> float:
-    return (value - base) / base * 100 if base else 0.0
+    return (value - base) / base * 100
 
 
 def replay(

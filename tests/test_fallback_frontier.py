@@ -187,3 +187,10 @@ def test_runs_of_different_variants_are_replayed_as_separate_groups(tmp_path):
         for group in json.loads(output.read_text())["groups"]
     }
     assert joined == {'algorithm="muscle"': 1.0, 'algorithm="pairwise"': 0.0}
+
+
+def test_a_user_whose_local_metric_is_zero_is_left_out_as_delta_leaves_it_out():
+    local = _local({"a": [0.5], "b": [0.0]})
+    run = _joined(local, {"a": [0.6], "b": [0.3]}, {u: [(1.0, 1.0)] for u in "ab"})
+    assert set(FRONTIER["user_rounds"](_pair(local, run), 1)) == {"a"}
+    assert FRONTIER["replay"]([_pair(local, run)], 1, "joined").delta == pytest.approx(20.0)
