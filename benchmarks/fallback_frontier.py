@@ -28,12 +28,12 @@ import argparse
 import json
 import math
 import statistics
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedmuscle_flwr.config import COLLABORATION_KEYS
-from fedmuscle_flwr.results import RunResults
+from fedmuscle_flwr.results import RunResults, complete_runs
 
 #: Run-config keys that do not change what a run trains (where it writes, how it resumes).
 BOOKKEEPING_KEYS = frozenset({"algorithm", "output-dir", "state-dir", "resume-from"})
@@ -61,16 +61,6 @@ class Outcome:
     delta: float  # mean relative change, %
     worst: float  # mean over runs of the run's worst user, %
     lowest: float  # the worst user of all runs, %
-
-
-def _load(roots: Iterable[Path]) -> list[RunResults]:
-    runs = []
-    for root in roots:
-        for path in sorted(Path(root).rglob("results.json")):
-            results = RunResults.from_dict(json.loads(path.read_text()))
-            if results.complete:
-                runs.append(results)
-    return runs
 
 
 def _trained_alike(run: RunResults, local: RunResults) -> bool:
@@ -211,7 +201,7 @@ def frontier(
     for rule, confidence, last in rules:
         outcome = replay(pairs, round_number, rule, confidence, last)
         name = rule if rule != "thresholds" else f"confidence {confidence:g}, last {last:g}"
-        rows.append({"round": round_number, "rule": name, **outcome.__dict__})
+        rows.append({"round": round_number, "rule": name, **asdict(outcome)})
     return rows
 
 
@@ -249,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last-share", type=float, nargs="+", default=list(LAST_SHARES))
     parser.add_argument("--output", type=Path, default=Path("fallback-frontier.json"))
     args = parser.parse_args(argv)
-    pairs = pair_runs(_load(args.runs))
+    pairs = pair_runs(complete_runs(args.runs))
     if not pairs:
         raise SystemExit(
             f"error: no collaborative run with fallback shares and its local run under "

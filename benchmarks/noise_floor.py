@@ -28,7 +28,7 @@ from client_app.app import user_data
 from fedmuscle_flwr.config import RunConfig
 from fedmuscle_flwr.federation import load_federation
 from fedmuscle_flwr.launch import parse_toml_overrides
-from fedmuscle_flwr.results import RunResults
+from fedmuscle_flwr.results import RunResults, complete_runs
 
 
 def split_sizes(config: RunConfig, seeds: Sequence[int]) -> dict[str, dict[str, list[int]]]:
@@ -49,13 +49,7 @@ def split_sizes(config: RunConfig, seeds: Sequence[int]) -> dict[str, dict[str, 
 
 def local_runs(roots: Iterable[Path]) -> list[RunResults]:
     """Every complete local run under ``roots`` (any depth)."""
-    runs = []
-    for root in roots:
-        for path in sorted(root.rglob("results.json")):
-            results = RunResults.from_dict(json.loads(path.read_text()))
-            if results.complete and results.config.get("algorithm") == "local":
-                runs.append(results)
-    return runs
+    return [run for run in complete_runs(roots) if run.config.get("algorithm") == "local"]
 
 
 def round_swing(runs: Iterable[RunResults], last: int) -> dict[str, list[float]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,17 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def complete_runs(roots: Iterable[Path]) -> list[RunResults]:
+    """Every complete run under ``roots``: each ``results.json`` at any depth, in path order."""
+    runs = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("results.json")):
+            results = RunResults.from_dict(json.loads(path.read_text()))
+            if results.complete:
+                runs.append(results)
+    return runs
 
 
 def finished_run(directory: Path) -> RunResults | None:

@@ -11,7 +11,7 @@ from fedmuscle_flwr.compare import render_table, summarise
 from fedmuscle_flwr.delta import delta_table
 from fedmuscle_flwr.launch import toml_overrides
 from fedmuscle_flwr.markdown import write_markdown_section
-from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo, human_bytes
+from fedmuscle_flwr.results import RoundRecord, RunResults, UserInfo, complete_runs, human_bytes
 
 
 def run(values: dict[str, float], algorithm: str = "muscle") -> RunResults:
@@ -203,3 +203,13 @@ def test_a_user_never_drawn_by_fraction_train_is_not_missing(nodes, status, miss
     )  # fmt: skip
     again = RunResults.from_dict(json.loads(json.dumps(results.to_dict())))
     assert (again.unsampled_users, again.connected_nodes) == (unsampled, nodes)
+
+
+def test_complete_runs_finds_results_at_any_depth_and_leaves_out_unfinished_ones(tmp_path):
+    users = {"u": UserInfo("u", "small-cnn", "image-classification", "accuracy")}
+    for name, recorded in (("a/run-1", 2), ("b/deep/run-1", 2), ("c/run-1", 1)):
+        rounds = [RoundRecord(r + 1, metrics={"u": {"accuracy": 0.5}}) for r in range(recorded)]
+        config = {"num-server-rounds": 2, "name": name}
+        RunResults(config=config, users=users, rounds=rounds).write(tmp_path / name)
+    runs = complete_runs([tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+    assert [run.config["name"] for run in runs] == ["a/run-1", "b/deep/run-1"]
