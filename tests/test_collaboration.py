@@ -687,6 +687,120 @@ def test_bootstrap_share_is_each_resample_scored_by_torchmetrics(task_name, seed
     assert share == expected
 
 
+def _resample_inputs(task_name: str, seed: int, examples: int, classes: int):
+    """Random metric inputs with the awkward cases: ties, ignored pixels, absent classes."""
+    g = torch.Generator().manual_seed(seed)
+    if task_name == "multi-label-classification":  # scores on a coarse grid: many ties
+        preds = torch.randint(0, 5, (examples, classes), generator=g).float() / 4
+        target = (torch.rand(examples, classes, generator=g) > 0.7).long()
+    elif task_name == "image-classification":
+        preds = torch.randn(examples, classes, generator=g)
+        target = torch.randint(classes, (examples,), generator=g)
+    else:
+        preds = torch.randn(examples, classes, 4, 4, generator=g)
+        target = torch.randint(classes - 1, (examples, 4, 4), generator=g)
+        target[:, 0, :3] = get_task_by_name(task_name).ignore_index
+    return preds, target
+
+
+def get_task_by_name(name: str):
+    from fedmuscle_flwr.tasks import get_task
+
+    return get_task(name)
+
+
+@pytest.mark.parametrize(
+    "task_name", ["image-classification", "multi-label-classification", "semantic-segmentation"]
+)
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), examples=st.integers(1, 30), logits=st.booleans())
+@pytest.mark.filterwarnings("ignore")
+def test_closed_form_scores_are_torchmetrics_on_each_resample(task_name, seed, examples, logits):
+    """accuracy, mIoU and mAP of every resample (multiplicities, zeros included) equal
+    torchmetrics updated with that resample's rows; NaN where torchmetrics gives NaN."""
+    from fedmuscle_flwr.training.resampled import resampled_scores
+
+    task, classes = get_task_by_name(task_name), 3
+    preds, target = _resample_inputs(task_name, seed, examples, classes)
+    if logits and task_name == "multi-label-classification":
+        preds = preds * 8 - 4  # outside [0, 1]: torchmetrics takes the sigmoid
+    metric = task.metric_objects(classes)[task.primary_metric]
+    g = torch.Generator().manual_seed(seed + 1)
+    counts = torch.stack(
+        [torch.bincount(torch.randint(examples, (examples,), generator=g), minlength=examples)
+         for _ in range(12)]
+    )  # fmt: skip
+    scores = resampled_scores(metric, preds, target, counts)
+    assert scores is not None and scores.shape == (12,)
+    for row, score in zip(counts, scores.tolist(), strict=True):
+        rows = torch.repeat_interleave(torch.arange(examples), row)
+        metric.reset()
+        metric.update(preds[rows], target[rows])
+        expected = float(metric.compute())
+        if math.isnan(expected):
+            assert math.isnan(score)
+        else:
+            assert score == pytest.approx(expected, abs=1e-6)
+
+
+def test_closed_forms_leave_other_metrics_to_torchmetrics():
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassJaccardIndex,
+        MultilabelAveragePrecision,
+    )
+
+    from fedmuscle_flwr.training.resampled import resampled_scores
+
+    preds, target, counts = torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), torch.ones(2, 4)
+    micro = MulticlassAccuracy(3, average="micro")
+    assert resampled_scores(micro, preds, target, counts) is not None
+    for other in (
+        MulticlassAccuracy(3, average="macro"),
+        MulticlassAccuracy(3, average="micro", top_k=2),
+        MulticlassAccuracy(3, average="micro", ignore_index=0),
+        MulticlassJaccardIndex(3, average="micro"),
+    ):
+        assert resampled_scores(other, preds, target, counts) is None
+    multi_hot = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    weighted = MultilabelAveragePrecision(3, average="weighted")
+    assert resampled_scores(weighted, preds.sigmoid(), multi_hot, counts) is None
+
+
+class _MacroAccuracyTask:
+    """A plug-in-like task whose primary metric has no closed form but additive states."""
+
+    primary_metric = "accuracy"
+
+    def __init__(self, average: str):
+        self.average = average
+
+    def metric_objects(self, num_classes):
+        from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+
+        if self.average == "weighted-map":
+            return {"accuracy": MultilabelAveragePrecision(num_classes, average="weighted")}
+        return {"accuracy": MulticlassAccuracy(num_classes, average=self.average)}
+
+
+@pytest.mark.parametrize("average", ["macro", "weighted-map"])
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16), examples=st.integers(2, 30))
+@pytest.mark.filterwarnings("ignore")
+def test_bootstrap_scores_other_metrics_with_torchmetrics(average, seed, examples):
+    """Metrics without a closed form: additive states summed (macro accuracy) or each
+    resample scored (weighted mAP) give the share by definition."""
+    from fedmuscle_flwr.training.bootstrap import paired_bootstrap_share
+
+    task, classes = _MacroAccuracyTask(average), 3
+    name = "multi-label-classification" if average == "weighted-map" else "image-classification"
+    joined, target = _resample_inputs(name, seed, examples, classes)
+    alone, _ = _resample_inputs(name, seed + 7, examples, classes)
+    alone[: examples // 2] = joined[: examples // 2]
+    expected = _scored_on_every_resample(task, classes, joined, alone, target, resamples=20)
+    assert paired_bootstrap_share(task, classes, joined, alone, target, resamples=20) == expected
+
+
 def test_bootstrap_checks_its_inputs():
     from fedmuscle_flwr.tasks import get_task
     from fedmuscle_flwr.training.bootstrap import paired_bootstrap_share

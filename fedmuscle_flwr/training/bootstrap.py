@@ -7,10 +7,11 @@ to hold. On a validation split of a few dozen examples a lead of one or two exam
 noise; this asks for a lead that survives resampling. Both models are scored on the same
 resampled examples each time (paired), which is what makes small leads detectable at all.
 
-Where the primary metric's torchmetrics state is a sum over examples (accuracy's stat
-scores, mIoU's confusion matrix) each example's state is computed once and a resample's
-state is their multiplicity-weighted sum (one matrix product; 20x faster for mIoU, the
-same scores); other metrics (mAP keeps every prediction) are updated on each resample.
+The built-in primary metrics (accuracy, mIoU, mAP) are scored on all resamples at once
+in closed form (:mod:`fedmuscle_flwr.training.resampled`). Any other metric whose
+torchmetrics state is a sum over examples has each example's state computed once and a
+resample's state as their multiplicity-weighted sum (one matrix product); the rest are
+updated and computed on each resample.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from fedmuscle_flwr.tasks.base import Task
+from fedmuscle_flwr.training.resampled import resampled_scores
 
 if TYPE_CHECKING:
     from torchmetrics import Metric
@@ -75,16 +77,19 @@ def paired_bootstrap_share(
         (torch.randint(count, (count,), generator=generator) + offsets[:, None]).reshape(-1)
         for _ in range(resamples)
     ]
+    counts = torch.stack([torch.bincount(rows, minlength=total) for rows in draws])
+    closed_form = [resampled_scores(metric, preds, target, counts) for preds in (joined, alone)]
     with warnings.catch_warnings():  # a resample may miss a label: torchmetrics warns
         warnings.simplefilter("ignore")
-        states = _per_example_states(metric, (joined, alone), target)
-        if states is None:  # e.g. mAP (its states are lists): score each resample's rows
-            pairs = [(_score(metric, joined, target, rows), _score(metric, alone, target, rows))
-                     for rows in draws]  # fmt: skip
-        else:  # additive states: a resample's state is its rows' states, summed
-            counts = torch.stack([torch.bincount(rows, minlength=total) for rows in draws])
+        if closed_form[0] is not None and closed_form[1] is not None:  # the built-in metrics
+            pairs = list(zip(closed_form[0].tolist(), closed_form[1].tolist(), strict=True))
+        elif (states := _per_example_states(metric, (joined, alone), target)) is not None:
+            # additive states: a resample's state is its rows' states, summed
             joined_scores, alone_scores = (_resampled_scores(metric, m, counts) for m in states)
             pairs = list(zip(joined_scores, alone_scores, strict=True))
+        else:  # e.g. a plug-in's mAP (its states are lists): score each resample's rows
+            pairs = [(_score(metric, joined, target, rows), _score(metric, alone, target, rows))
+                     for rows in draws]  # fmt: skip
     wins = 0.0
     for joined_score, alone_score in pairs:
         if math.isnan(joined_score) or math.isnan(alone_score) or joined_score == alone_score:
