@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -116,21 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     for task_name, classes, examples in CASES:
         joined, alone, target = inputs(task_name, classes, examples)
         task = get_task(task_name)
-        closed_s, closed = timed(
-            lambda: bootstrap.paired_bootstrap_share(
-                task,
-                classes,
-                joined,
-                alone,
-                target,
-                rounds=WINDOW,  # noqa: B023
-            ),
-            args.repeats,
-        )
-        before_s, before = timed(
-            lambda: torchmetrics_share(task_name, classes, joined, alone, target),  # noqa: B023
-            args.repeats,
-        )
+        decide = partial(bootstrap.paired_bootstrap_share, task, classes, rounds=WINDOW)
+        closed_s, closed = timed(partial(decide, joined, alone, target), args.repeats)
+        reference = partial(torchmetrics_share, task_name, classes, joined, alone, target)
+        before_s, before = timed(reference, args.repeats)
         rows.append({
             "task": task_name, "metric": task.primary_metric, "rows": len(target),
             "torchmetrics_ms": before_s * 1e3, "closed_form_ms": closed_s * 1e3,

@@ -319,6 +319,17 @@ class RunConfig:
             return False
         return self.fallback == "local" or (self.validation_fraction > 0 and not self.dp)
 
+    def exchange_at(self, round_id: int) -> bool:
+        """Whether round ``round_id`` (1-based) has collaborative steps, so a payload.
+
+        A collaborative run past its warm-up with a contrastive term (lambda > 0) or
+        distillation (``distill-weight`` > 0): ``contrastive-weight = 0`` with distillation
+        is distillation alone, with neither the run trains as its local baseline does.
+        """
+        if not self.collaborative or round_id <= self.warmup_rounds:
+            return False
+        return self.lambda_at(round_id) > 0 or self.distill_weight > 0
+
     def lambda_at(self, round_id: int) -> float:
         """Lambda of round ``round_id`` (1-based) under warm-up and ramp; 0 during warm-up."""
         active = round_id - self.warmup_rounds

@@ -184,8 +184,8 @@ class FedMuscleStrategy(Strategy):
             self._next = self._restore_payloads(grid, selected)
         last = server_round >= self.config.num_server_rounds
         current = self._next if self._next and self._next.round_id == server_round else None
-        # Z is asked for only where the next round contrasts (none during warm-up).
-        if self.config.collaborative and not last and self.config.lambda_at(server_round + 1) > 0:
+        # Z is asked for only where the next round collaborates (none during warm-up).
+        if not last and self.config.exchange_at(server_round + 1):
             state.next = NextRound(server_round + 1, self._draw_public_batch())
         for node in selected:
             payload = current.payloads.get(node) if current is not None else None

@@ -160,6 +160,23 @@ def test_the_segmentation_user_teaches_the_multi_label_user_presence(tmp_path):
     assert first.uplink_bytes["segformer-seg"] > first.uplink_bytes["vit-multilabel"]
 
 
+def test_contrastive_weight_0_with_distillation_is_distillation_alone(tmp_path):
+    """lambda 0 and distill-weight > 0: the label-space peers still exchange predictions and
+    distil, with no contrastive term (lambda 0 recorded); with neither, nothing is sent."""
+    results = run(tmp_path / "distil", **{"contrastive-weight": 0.0, "distill-weight": 1.0})
+    assert_everyone_replied_every_round(results)
+    first, second = results.rounds
+    assert first.teachers == {"bert-text": ["cnn-cls"], "cnn-cls": ["bert-text"]}
+    for user in ("bert-text", "cnn-cls"):
+        assert second.metrics[user]["distill-loss"] >= 0
+        assert second.metrics[user]["lambda"] == 0.0
+        assert second.metrics[user]["contrastive-loss"] == 0.0
+    neither = run(tmp_path / "neither", **{"contrastive-weight": 0.0, "distill-weight": 0.0})
+    assert_everyone_replied_every_round(neither)
+    assert all(v == 0 for r in neither.rounds for v in r.uplink_bytes.values())
+    assert all("distill-loss" not in m for r in neither.rounds for m in r.metrics.values())
+
+
 def test_local_exchanges_no_representations(tmp_path):
     results = run(tmp_path, algorithm="local")
     assert_everyone_replied_every_round(results)

@@ -310,6 +310,15 @@ def test_warmup_and_ramp_schedule_lambda():
     assert RunConfig(contrastive_weight=0.5).lambda_at(1) == 0.5
 
 
+def test_a_round_exchanges_past_warm_up_with_lambda_or_distillation():
+    config = RunConfig(contrastive_weight=0.4, warmup_rounds=2, distill_weight=0.0)
+    assert [config.exchange_at(r) for r in range(1, 5)] == [False, False, True, True]
+    distil_only = RunConfig(contrastive_weight=0.0, distill_weight=1.0, warmup_rounds=1)
+    assert [distil_only.exchange_at(r) for r in range(1, 4)] == [False, True, True]
+    assert not RunConfig(contrastive_weight=0.0, distill_weight=0.0).exchange_at(3)
+    assert not RunConfig(algorithm="local").exchange_at(3)
+
+
 def test_gate_needs_a_validation_split():
     with pytest.raises(ValueError, match="validation-fraction"):
         RunConfig(gate="validation", validation_fraction=0.0)
