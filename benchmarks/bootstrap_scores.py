@@ -23,7 +23,6 @@ import platform
 import statistics
 import sys
 import time
-import warnings
 from functools import partial
 from pathlib import Path
 
@@ -66,32 +65,15 @@ def inputs(task_name: str, classes: int, examples: int) -> tuple[torch.Tensor, .
     return joined, alone, target
 
 
-def torchmetrics_share(task_name: str, classes: int, joined, alone, target) -> float:
-    """The share as computed before the closed forms (same resamples, same tie rule)."""
-    task = get_task(task_name)
-    metric = task.metric_objects(classes)[task.primary_metric]
-    count = len(target) // WINDOW
-    generator = torch.Generator().manual_seed(0)
-    offsets = torch.arange(WINDOW) * count
-    draws = [
-        (torch.randint(count, (count,), generator=generator) + offsets[:, None]).reshape(-1)
-        for _ in range(bootstrap.RESAMPLES)
-    ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        states = bootstrap._per_example_states(metric, (joined, alone), target)
-        if states is None:
-            pairs = [
-                (bootstrap._score(metric, joined, target, rows),
-                 bootstrap._score(metric, alone, target, rows))
-                for rows in draws
-            ]  # fmt: skip
-        else:
-            counts = torch.stack([torch.bincount(rows, minlength=len(target)) for rows in draws])
-            scores = [bootstrap._resampled_scores(metric, s, counts) for s in states]
-            pairs = list(zip(*scores, strict=True))
-    wins = sum(0.5 if a == b else float(a > b) for a, b in pairs)
-    return wins / bootstrap.RESAMPLES
+def torchmetrics_share(task, classes: int, joined, alone, target) -> float:
+    """The same decision with the closed forms switched off: torchmetrics scores every
+    resample (additive states summed for accuracy and mIoU, each resample for mAP)."""
+    closed_forms = bootstrap.resampled_scores
+    bootstrap.resampled_scores = lambda *args: None
+    try:
+        return bootstrap.paired_bootstrap_share(task, classes, joined, alone, target, rounds=WINDOW)
+    finally:
+        bootstrap.resampled_scores = closed_forms
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -119,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         task = get_task(task_name)
         decide = partial(bootstrap.paired_bootstrap_share, task, classes, rounds=WINDOW)
         closed_s, closed = timed(partial(decide, joined, alone, target), args.repeats)
-        reference = partial(torchmetrics_share, task_name, classes, joined, alone, target)
+        reference = partial(torchmetrics_share, task, classes, joined, alone, target)
         before_s, before = timed(reference, args.repeats)
         rows.append({
             "task": task_name, "metric": task.primary_metric, "rows": len(target),

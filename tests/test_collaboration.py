@@ -22,6 +22,7 @@ from fedmuscle_flwr.aggregation import (
 from fedmuscle_flwr.config import ConfigError, RunConfig
 from fedmuscle_flwr.data.users import load_user_data
 from fedmuscle_flwr.federation import load_federation
+from fedmuscle_flwr.tasks import get_task
 from fedmuscle_flwr.training import gate_decision
 from tests.tiny import TINY_FEDERATION
 
@@ -708,14 +709,8 @@ def _resample_inputs(task_name: str, seed: int, examples: int, classes: int):
     else:
         preds = torch.randn(examples, classes, 4, 4, generator=g)
         target = torch.randint(classes - 1, (examples, 4, 4), generator=g)
-        target[:, 0, :3] = get_task_by_name(task_name).ignore_index
+        target[:, 0, :3] = get_task(task_name).ignore_index
     return preds, target
-
-
-def get_task_by_name(name: str):
-    from fedmuscle_flwr.tasks import get_task
-
-    return get_task(name)
 
 
 @pytest.mark.parametrize(
@@ -729,7 +724,7 @@ def test_closed_form_scores_are_torchmetrics_on_each_resample(task_name, seed, e
     torchmetrics updated with that resample's rows; NaN where torchmetrics gives NaN."""
     from fedmuscle_flwr.training.resampled import resampled_scores
 
-    task, classes = get_task_by_name(task_name), 3
+    task, classes = get_task(task_name), 3
     preds, target = _resample_inputs(task_name, seed, examples, classes)
     if logits and task_name == "multi-label-classification":
         preds = preds * 8 - 4  # outside [0, 1]: torchmetrics takes the sigmoid
@@ -776,8 +771,9 @@ def test_closed_forms_leave_other_metrics_to_torchmetrics():
     assert resampled_scores(weighted, preds.sigmoid(), multi_hot, counts) is None
 
 
-class _MacroAccuracyTask:
-    """A plug-in-like task whose primary metric has no closed form but additive states."""
+class _PluginMetricTask:
+    """A plug-in-like task whose primary metric has no closed form: macro accuracy (additive
+    states) or weighted mAP (scored on each resample)."""
 
     primary_metric = "accuracy"
 
@@ -801,7 +797,7 @@ def test_bootstrap_scores_other_metrics_with_torchmetrics(average, seed, example
     resample scored (weighted mAP) give the share by definition."""
     from fedmuscle_flwr.training.bootstrap import paired_bootstrap_share
 
-    task, classes = _MacroAccuracyTask(average), 3
+    task, classes = _PluginMetricTask(average), 3
     name = "multi-label-classification" if average == "weighted-map" else "image-classification"
     joined, target = _resample_inputs(name, seed, examples, classes)
     alone, _ = _resample_inputs(name, seed + 7, examples, classes)
