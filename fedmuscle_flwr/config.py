@@ -62,6 +62,7 @@ COLLABORATION_KEYS = frozenset(
         "tau-alpha",
         "contrastive-weight",
         "contrastive-steps",
+        "projection-steps",
         "payload",
         "warmup-rounds",
         "lambda-ramp-rounds",
@@ -113,6 +114,7 @@ class RunConfig:
     tau_alpha: float = 0.1
     contrastive_weight: float = 0.03  # lambda
     contrastive_steps: int = 5
+    projection_steps: int = 0  # steps on the projection head alone before them (0: none)
     local_steps: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -219,7 +221,7 @@ class RunConfig:
             raise ConfigError(
                 f"screening-threshold must be a finite number, got {self.screening_threshold!r}"
             )
-        for name in ("warmup_rounds", "lambda_ramp_rounds", "label_budget"):
+        for name in ("warmup_rounds", "lambda_ramp_rounds", "label_budget", "projection_steps"):
             _at_least(name, getattr(self, name), 0)
         _at_least("fallback_window", self.fallback_window, 1)
         if not 0 <= self.validation_fraction < 1:

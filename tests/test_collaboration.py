@@ -3,6 +3,7 @@ warm-up and lambda ramp, frozen norm statistics, separate optimiser state, data 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -19,6 +20,7 @@ from fedmuscle_flwr.aggregation import (
     select_partners,
     select_relevant_partners,
 )
+from fedmuscle_flwr.algorithms import get_algorithm
 from fedmuscle_flwr.config import ConfigError, RunConfig
 from fedmuscle_flwr.data.users import load_user_data
 from fedmuscle_flwr.federation import load_federation
@@ -368,6 +370,85 @@ def test_mlp_projection_trains_and_leaves_the_local_baseline_unchanged():
     trainer.contrastive_update(INDICES, payload)
     after = list(trainer.model.projection.parameters())
     assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+def _partner_payload(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    reps = {n: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for n in range(3)}
+    return build_payloads(reps, num_partners=2, tau_alpha=0.5, generator=g, device="cpu")[0]
+
+
+def test_projection_steps_align_the_projection_and_leave_the_task_alone():
+    profile = load_federation(TINY_FEDERATION).users[0]
+    config = dataclasses.replace(CONFIG, algorithm="muscle", projection_steps=30)
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    payload = _partner_payload()
+    objective = get_algorithm("muscle").objective(payload, tau=0.1, tau_alpha=0.5)
+    batch = trainer._batch(trainer.data.public, INDICES)
+
+    def loss() -> float:  # in train mode, as the steps see the batch; statistics kept
+        statistics = copy.deepcopy(trainer.model.state_dict())
+        trainer.model.train()
+        with torch.no_grad():
+            value = float(objective(trainer.model.encode_public(batch)))
+        trainer.model.load_state_dict(statistics)
+        return value
+
+    start_loss = loss()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.model.train()  # as in the contrastive steps: batch statistics, not updated
+    trainer._align_projection(objective, batch)
+    after = trainer.model.state_dict()
+    for name, value in before.items():  # encoder, head and norm statistics as they were
+        moved = not torch.equal(after[name], value)
+        assert moved == name.startswith("projection."), name
+    assert loss() < start_loss
+    assert trainer.optimizer.state_dict()["state"] == {}  # the task's AdamW never stepped
+    assert trainer.projection_optimizer is not None
+
+
+def test_projection_steps_run_only_with_a_contrastive_term():
+    profile = load_federation(TINY_FEDERATION).users[0]
+    payload = _partner_payload()
+    for weight, steps, aligned in ((1.0, 4, True), (0.0, 4, False), (1.0, 0, False)):
+        config = dataclasses.replace(CONFIG, algorithm="pairwise", projection_steps=steps)
+        trainer = build_trainer(config, profile, TINY_FEDERATION)
+        trainer.contrastive_update(INDICES, payload, weight=weight)
+        assert (trainer.projection_optimizer is not None) == aligned
+
+
+@pytest.mark.parametrize("projection_steps", [0, 5])
+def test_a_rolled_back_update_keeps_the_aligned_projection(monkeypatch, projection_steps):
+    profile = load_federation(TINY_FEDERATION).users[0]
+    config = dataclasses.replace(
+        CONFIG, algorithm="pairwise", validation_fraction=0.25, gate="validation",
+        projection_steps=projection_steps,
+    )  # fmt: skip
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    model_before = trainer.model.state_for_checkpoint()
+    losses = iter([1.0, 2.0])  # validation loss before, after: the gate rolls back
+    monkeypatch.setattr(trainer, "validation_loss", lambda: next(losses))
+    assert trainer.contrastive_update(INDICES, _partner_payload(), weight=1.0)["gate-kept"] == 0.0
+    model_after = trainer.model.state_for_checkpoint()
+    for name, value in model_before.items():
+        kept_aligned = projection_steps > 0 and name.startswith("projection.")
+        assert torch.equal(model_after[name], value) != kept_aligned, name
+
+
+def test_projection_optimizer_state_survives_a_checkpoint():
+    profile = load_federation(TINY_FEDERATION).users[0]
+    config = dataclasses.replace(CONFIG, algorithm="pairwise", projection_steps=3)
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    trainer.contrastive_update(INDICES, _partner_payload(), weight=1.0)
+    resumed = build_trainer(config, profile, TINY_FEDERATION)
+    resumed.load_state_dict(trainer.state_dict())
+    assert resumed.projection_optimizer is not None
+    saved = trainer.projection_optimizer.state_dict()["state"]
+    loaded = resumed.projection_optimizer.state_dict()["state"]
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k]["exp_avg"], loaded[k]["exp_avg"]) for k in saved)
+    with pytest.raises(ConfigError, match="projection-steps"):
+        RunConfig(projection_steps=-1)
 
 
 def test_separate_optimizer_state_keeps_the_task_moments_clean():

@@ -21,6 +21,7 @@ class TrainSettings:
     tau_alpha: float = 0.1
     contrastive_weight: float = 1.0
     contrastive_steps: int = 1
+    projection_steps: int = 0  # steps on the projection head alone before the contrastive ones
     local_steps: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -64,6 +65,7 @@ class TrainSettings:
             tau_alpha=config.tau_alpha,
             contrastive_weight=config.contrastive_weight,
             contrastive_steps=config.contrastive_steps,
+            projection_steps=config.projection_steps,
             local_steps=profile.local_steps or config.local_steps,
             batch_size=config.batch_size,
             learning_rate=profile.learning_rate or config.learning_rate,

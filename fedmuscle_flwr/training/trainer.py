@@ -100,6 +100,8 @@ class Trainer:
                 [p for p in model.trainable_parameters() if not is_head(model, p)],
                 lr=settings.learning_rate,
             )
+        # The projection head's own AdamW for ``projection-steps`` (made at the first of them).
+        self.projection_optimizer: torch.optim.Optimizer | None = None
         self.private: PrivateSteps | None = None
         if settings.dp:
             self.private = PrivateSteps(
@@ -381,6 +383,7 @@ class Trainer:
 
         ``presence``: the teacher is a presence estimate (a segmentation peer's), not classes.
         """
+        align = self.settings.projection_steps > 0 and weight > 0
         optimizer: torch.optim.Optimizer = self.optimizer
         if self.contrastive_optimizer is not None:
             optimizer = self.contrastive_optimizer
@@ -406,6 +409,8 @@ class Trainer:
             else self.private.no_per_example_gradients()
         )
         with self._public_norm(), hooks:
+            if align:
+                self._align_projection(objective, batch)
             for _ in range(self.settings.contrastive_steps):
                 with self._autocast():
                     if teacher is None:
@@ -425,6 +430,35 @@ class Trainer:
                 losses.append(float(contrastive.detach()))
         mean_kd = sum(distilled) / len(distilled) if distilled else 0.0
         return sum(losses) / len(losses), mean_kd
+
+    def _align_projection(
+        self, objective: Callable[[Tensor], Tensor], batch: dict[str, Any]
+    ) -> None:
+        """``projection-steps`` steps on the projection head alone (*beyond the paper*).
+
+        The encoder's pooled features of the public batch are computed once, without
+        gradient and leaving norm statistics as they were; each step then moves the
+        projection (its own AdamW, at the task's learning rate) towards the partners' space
+        under the algorithm's loss. The task never sees
+        the projection, so these steps leave the user's predictions as they are; they give
+        the contrastive steps that follow a z that already matches the partners', so that
+        the pull on the encoder through it carries what the partners see.
+        """
+        statistics = {name: b.clone() for name, b in self.model.named_buffers()}
+        with torch.no_grad(), self._autocast():
+            features = self.model.encoder.pooled(batch).float()
+        with torch.no_grad():  # a read of the batch, not a step: norm statistics as they were
+            for name, buffer in self.model.named_buffers():
+                buffer.copy_(statistics[name])
+        if self.projection_optimizer is None:
+            self.projection_optimizer = torch.optim.AdamW(
+                self.model.projection.parameters(), lr=self.settings.learning_rate
+            )
+        for group in self.projection_optimizer.param_groups:
+            group["lr"] = self.settings.learning_rate * self.lr_scale
+        for _ in range(self.settings.projection_steps):
+            z = torch.nn.functional.normalize(self.model.projection(features).float(), dim=-1)
+            self._step(objective(z), self.projection_optimizer)
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -632,6 +666,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: model, optimiser, random state, rounds."""
+        projection = self.projection_optimizer
         return self._weights_state() | {
             "generator": self.generator.get_state(),
             "rng_state": dict(self.rng_state),
@@ -641,6 +676,7 @@ class Trainer:
             "fallback": None if self.fallback is None else self.fallback.state_dict(),
             "fallback_outputs": list(self.fallback_outputs),
             "averaged": None if self.averaged is None else dict(self.averaged),
+            "projection_optimizer": None if projection is None else projection.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -661,6 +697,11 @@ class Trainer:
                 raise ValueError("the saved state has no fallback model (saved with fallback off)")
             self.fallback.load_state_dict(state["fallback"])
         self.fallback_outputs = [tuple(pair) for pair in state.get("fallback_outputs", [])]
+        if state.get("projection_optimizer"):
+            self.projection_optimizer = torch.optim.AdamW(
+                self.model.projection.parameters(), lr=self.settings.learning_rate
+            )
+            self.projection_optimizer.load_state_dict(state["projection_optimizer"])
         averaged = state.get("averaged")
         self.averaged = (
             None if averaged is None else {n: t.to(self.device) for n, t in averaged.items()}
@@ -722,7 +763,18 @@ class Trainer:
         }
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
+        """Roll model and optimisers back to ``snapshot``.
+
+        With ``projection-steps``, the projection head stays as it is: the task never sees
+        it, so rolling back an update that did not help the task need not undo its
+        alignment with the partners.
+        """
+        projection = None
+        if self.settings.projection_steps:
+            projection = copy.deepcopy(self.model.projection.state_dict())
         self.model.load_checkpoint_state(snapshot["model"])
+        if projection is not None:
+            self.model.projection.load_state_dict(projection)
         self.optimizer.load_state_dict(snapshot["optimizer"])
         if self.contrastive_optimizer is not None:
             self.contrastive_optimizer.load_state_dict(snapshot["contrastive_optimizer"])
