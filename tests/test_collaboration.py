@@ -409,11 +409,12 @@ def test_projection_steps_align_the_projection_and_leave_the_task_alone():
 
 def test_projection_steps_run_only_with_a_contrastive_term():
     profile = load_federation(TINY_FEDERATION).users[0]
-    payload = _partner_payload()
+    objective = get_algorithm("pairwise").objective(_partner_payload(), tau=0.1, tau_alpha=0.5)
     for weight, steps, aligned in ((1.0, 4, True), (0.0, 4, False), (1.0, 0, False)):
         config = dataclasses.replace(CONFIG, algorithm="pairwise", projection_steps=steps)
         trainer = build_trainer(config, profile, TINY_FEDERATION)
-        trainer.contrastive_update(INDICES, payload, weight=weight)
+        # The steps themselves (as with a distillation teacher): lambda 0 has no term to align.
+        trainer._contrastive_steps(objective, trainer._batch(trainer.data.public, INDICES), weight)
         assert (trainer.projection_optimizer is not None) == aligned
 
 

@@ -439,10 +439,10 @@ class Trainer:
         The encoder's pooled features of the public batch are computed once, without
         gradient and leaving norm statistics as they were; each step then moves the
         projection (its own AdamW, at the task's learning rate) towards the partners' space
-        under the algorithm's loss. The task never sees
-        the projection, so these steps leave the user's predictions as they are; they give
-        the contrastive steps that follow a z that already matches the partners', so that
-        the pull on the encoder through it carries what the partners see.
+        under the algorithm's loss. The task never sees the projection, so these steps leave
+        the user's predictions as they are; they give the contrastive steps that follow a z
+        that already matches the partners', so that the pull on the encoder through it
+        carries what the partners see.
         """
         statistics = {name: b.clone() for name, b in self.model.named_buffers()}
         with torch.no_grad(), self._autocast():
@@ -450,15 +450,20 @@ class Trainer:
         with torch.no_grad():  # a read of the batch, not a step: norm statistics as they were
             for name, buffer in self.model.named_buffers():
                 buffer.copy_(statistics[name])
+        optimizer = self._projection_optimizer()
+        for group in optimizer.param_groups:
+            group["lr"] = self.settings.learning_rate * self.lr_scale
+        for _ in range(self.settings.projection_steps):
+            z = torch.nn.functional.normalize(self.model.projection(features).float(), dim=-1)
+            self._step(objective(z), optimizer)
+
+    def _projection_optimizer(self) -> torch.optim.Optimizer:
+        """The projection head's AdamW for ``projection-steps``, made the first time."""
         if self.projection_optimizer is None:
             self.projection_optimizer = torch.optim.AdamW(
                 self.model.projection.parameters(), lr=self.settings.learning_rate
             )
-        for group in self.projection_optimizer.param_groups:
-            group["lr"] = self.settings.learning_rate * self.lr_scale
-        for _ in range(self.settings.projection_steps):
-            z = torch.nn.functional.normalize(self.model.projection(features).float(), dim=-1)
-            self._step(objective(z), self.projection_optimizer)
+        return self.projection_optimizer
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -698,10 +703,7 @@ class Trainer:
             self.fallback.load_state_dict(state["fallback"])
         self.fallback_outputs = [tuple(pair) for pair in state.get("fallback_outputs", [])]
         if state.get("projection_optimizer"):
-            self.projection_optimizer = torch.optim.AdamW(
-                self.model.projection.parameters(), lr=self.settings.learning_rate
-            )
-            self.projection_optimizer.load_state_dict(state["projection_optimizer"])
+            self._projection_optimizer().load_state_dict(state["projection_optimizer"])
         averaged = state.get("averaged")
         self.averaged = (
             None if averaged is None else {n: t.to(self.device) for n, t in averaged.items()}
