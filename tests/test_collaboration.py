@@ -452,6 +452,32 @@ def test_projection_optimizer_state_survives_a_checkpoint():
         RunConfig(projection_steps=-1)
 
 
+@pytest.mark.parametrize("projection_steps", [0, 5])
+def test_start_loss_is_the_loss_on_the_batch_before_the_rounds_steps(projection_steps):
+    profile = load_federation(TINY_FEDERATION).users[0]
+    config = dataclasses.replace(
+        CONFIG, algorithm="muscle", projection_steps=projection_steps, contrastive_steps=3
+    )
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    payload = _partner_payload()
+    objective = get_algorithm("muscle").objective(payload, tau=0.1, tau_alpha=0.5)
+    statistics = copy.deepcopy(trainer.model.state_dict())
+    trainer.model.train()  # as the steps see the batch
+    with torch.no_grad():
+        before = float(objective(trainer.model.encode_public(trainer._batch(
+            trainer.data.public, INDICES))))  # fmt: skip
+    trainer.model.load_state_dict(statistics)
+    result = trainer.contrastive_update(INDICES, payload, weight=0.5)
+    assert result["contrastive-loss-start"] == pytest.approx(before, rel=1e-5)
+    # The round's steps moved z: their mean loss (lambda 0.5) is not the start's.
+    assert result["contrastive-loss"] != pytest.approx(0.5 * before, rel=1e-5)
+    # Without a contrastive term (as with a distillation teacher alone) there is no start.
+    assert (
+        trainer._contrastive_steps(objective, trainer._batch(trainer.data.public, INDICES), 0.0)[2]
+        is None
+    )
+
+
 def test_separate_optimizer_state_keeps_the_task_moments_clean():
     profile = load_federation(TINY_FEDERATION).users[0]
     config = dataclasses.replace(CONFIG, algorithm="pairwise", optimizer_state="separate")

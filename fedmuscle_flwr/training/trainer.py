@@ -275,8 +275,9 @@ class Trainer:
         rise by more than ``gate_tolerance`` (relative); otherwise model and optimiser are
         rolled back and the gate halves this user's lambda, which doubles back (up to 1x)
         after each kept update. Returns ``contrastive-loss``, ``lambda`` (the effective
-        weight used), ``distill-loss`` with a teacher and, when gated, ``gate-kept`` (1 or
-        0) and the validation losses before and after.
+        weight used), ``contrastive-loss-start`` (L(z) without lambda before the round's
+        steps, with a contrastive term), ``distill-loss`` with a teacher and, when gated,
+        ``gate-kept`` (1 or 0) and the validation losses before and after.
         """
         base = self.settings.contrastive_weight if weight is None else weight
         effective = base * self.gate_scale
@@ -299,6 +300,8 @@ class Trainer:
                 objective, batch, effective, teacher, distill, presence=presence
             )
             result = {"contrastive-loss": losses[0], "lambda": effective}
+            if losses[2] is not None:
+                result["contrastive-loss-start"] = losses[2]
             if teacher is not None:
                 result["distill-loss"] = losses[1]
             return result
@@ -378,9 +381,13 @@ class Trainer:
         distill_weight: float = 0.0,
         *,
         presence: bool = False,
-    ) -> tuple[float, float]:
-        """The steps on the public batch; returns the mean contrastive and distillation losses.
+    ) -> tuple[float, float, float | None]:
+        """The steps on the public batch: mean contrastive and distillation losses, start loss.
 
+        The start loss is L(z) without lambda on the round's batch before any of the
+        round's steps (the first projection step's, else the first contrastive step's; None
+        without a contrastive term): how well the user's z matched its partners' when the
+        round began, what alignment carried over from earlier rounds.
         ``presence``: the teacher is a presence estimate (a segmentation peer's), not classes.
         """
         align = self.settings.projection_steps > 0 and weight > 0
@@ -408,9 +415,10 @@ class Trainer:
             if self.private is None
             else self.private.no_per_example_gradients()
         )
+        start: float | None = None
         with self._public_norm(), hooks:
             if align:
-                self._align_projection(objective, batch)
+                start = self._align_projection(objective, batch)
             for _ in range(self.settings.contrastive_steps):
                 with self._autocast():
                     if teacher is None:
@@ -420,7 +428,13 @@ class Trainer:
                         z = z.float()
                 if self.settings.amp:  # bfloat16 rows are unit only to about 4e-3
                     z = torch.nn.functional.normalize(z, dim=-1)
-                contrastive = weight * objective(z) if weight else z.sum() * 0.0
+                if weight:
+                    raw = objective(z)
+                    if start is None:
+                        start = float(raw.detach())
+                    contrastive = weight * raw
+                else:
+                    contrastive = z.sum() * 0.0
                 loss = contrastive
                 if teacher is not None:
                     kd = teacher_loss(logits, teacher)
@@ -429,11 +443,11 @@ class Trainer:
                 self._step(loss, optimizer)
                 losses.append(float(contrastive.detach()))
         mean_kd = sum(distilled) / len(distilled) if distilled else 0.0
-        return sum(losses) / len(losses), mean_kd
+        return sum(losses) / len(losses), mean_kd, start
 
     def _align_projection(
         self, objective: Callable[[Tensor], Tensor], batch: dict[str, Any]
-    ) -> None:
+    ) -> float:
         """``projection-steps`` steps on the projection head alone (*beyond the paper*).
 
         The encoder's pooled features of the public batch are computed once, without
@@ -442,7 +456,7 @@ class Trainer:
         under the algorithm's loss. The task never sees the projection, so these steps leave
         the user's predictions as they are; they give the contrastive steps that follow a z
         that already matches the partners', so that the pull on the encoder through it
-        carries what the partners see.
+        carries what the partners see. Returns the loss before the first step.
         """
         statistics = {name: b.clone() for name, b in self.model.named_buffers()}
         with torch.no_grad(), self._autocast():
@@ -453,9 +467,14 @@ class Trainer:
         optimizer = self._projection_optimizer()
         for group in optimizer.param_groups:
             group["lr"] = self.settings.learning_rate * self.lr_scale
-        for _ in range(self.settings.projection_steps):
+        start = 0.0
+        for step in range(self.settings.projection_steps):
             z = torch.nn.functional.normalize(self.model.projection(features).float(), dim=-1)
-            self._step(objective(z), optimizer)
+            loss = objective(z)
+            if step == 0:
+                start = float(loss.detach())
+            self._step(loss, optimizer)
+        return start
 
     def _projection_optimizer(self) -> torch.optim.Optimizer:
         """The projection head's AdamW for ``projection-steps``, made the first time."""
