@@ -108,3 +108,21 @@ def test_the_paired_gates_two_branches_get_fresh_noise():
     trainer._restore(start)
     assert not torch.equal(trainer.private.noise_generator.get_state(), noise)
     assert torch.equal(trainer.generator.get_state(), start["generator"])
+
+
+def test_projection_steps_spend_no_privacy_budget():
+    """``projection-steps`` run on the public batch: the projection moves, epsilon does not."""
+    spent, projections = {}, {}
+    for steps in (0, 5):
+        config = dataclasses.replace(CONFIG, gate="off", projection_steps=steps)
+        trainer = build_trainer(config, USERS[0], TINY_FEDERATION)
+        with trainer.random_state():
+            trainer.train_round(list(range(8)), _payload())
+        assert trainer.private is not None
+        assert sum(n for _, _, n in trainer.private.accountant.history) == CONFIG.local_steps
+        spent[steps] = trainer.privacy_spent()["dp-epsilon"]
+        projections[steps] = trainer.model.state_for_checkpoint()
+        assert (trainer.projection_optimizer is not None) == (steps > 0)
+    assert spent[5] == spent[0] > 0
+    moved = [n for n, v in projections[5].items() if not torch.equal(v, projections[0][n])]
+    assert moved and any(n.startswith("projection.") for n in moved)
