@@ -63,6 +63,7 @@ COLLABORATION_KEYS = frozenset(
         "contrastive-weight",
         "contrastive-steps",
         "projection-steps",
+        "target-decay",
         "payload",
         "warmup-rounds",
         "lambda-ramp-rounds",
@@ -115,6 +116,7 @@ class RunConfig:
     contrastive_weight: float = 0.03  # lambda
     contrastive_steps: int = 5
     projection_steps: int = 0  # steps on the projection head alone before them (0: none)
+    target_decay: float = 0.0  # rows sent from a moving average of the projection (0: itself)
     local_steps: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -227,6 +229,11 @@ class RunConfig:
         if not 0 <= self.validation_fraction < 1:
             raise ConfigError(
                 f"validation-fraction must be in [0, 1), got {self.validation_fraction!r}"
+            )
+        if not 0 <= self.target_decay < 1:
+            raise ConfigError(
+                f"target-decay must be in [0, 1) (0: the projection itself), got "
+                f"{self.target_decay!r}"
             )
         if not 0 <= self.partner_exploration <= 1:
             raise ConfigError(

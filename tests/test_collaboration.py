@@ -478,6 +478,53 @@ def test_start_loss_is_the_loss_on_the_batch_before_the_rounds_steps(projection_
     )
 
 
+def test_target_decay_sends_rows_from_the_moving_average_of_the_projection():
+    profile = load_federation(TINY_FEDERATION).users[0]
+    config = dataclasses.replace(CONFIG, algorithm="muscle", target_decay=0.75)
+    trainer = build_trainer(config, profile, TINY_FEDERATION)
+    live = []
+    for _ in range(3):  # the contrastive steps move the projection every round
+        with trainer.random_state():
+            trainer.train_round(INDICES, _partner_payload())
+        live.append(copy.deepcopy(trainer.model.projection.state_dict()))
+    assert trainer.target_projection is not None
+    for name, average in trainer.target_projection.items():
+        expected = (0.75 * live[0][name] + 0.25 * live[1][name]) * 0.75 + 0.25 * live[2][name]
+        torch.testing.assert_close(average, expected)
+        assert not torch.equal(average, live[2][name])
+    batch = trainer._batch(trainer.data.public, INDICES)
+    trainer.model.eval()
+    sent = copy.deepcopy(trainer.model)
+    sent.projection.load_state_dict(trainer.target_projection)
+    with torch.no_grad():
+        expected_rows = sent.encode_public(batch)
+        own_rows = trainer.model.encode_public(batch)
+    rows = trainer.represent(INDICES)
+    torch.testing.assert_close(rows, expected_rows)
+    assert not torch.allclose(rows, own_rows)
+    for name, tensor in trainer.model.projection.state_dict().items():  # its own again
+        assert torch.equal(tensor, live[2][name])
+    resumed = build_trainer(config, profile, TINY_FEDERATION)
+    resumed.load_state_dict(trainer.state_dict())
+    torch.testing.assert_close(resumed.represent(INDICES), rows)
+    with pytest.raises(ConfigError, match="target-decay"):
+        RunConfig(target_decay=1.0)
+
+
+def test_without_target_decay_the_rows_are_the_projections_own():
+    profile = load_federation(TINY_FEDERATION).users[0]
+    trainer = build_trainer(
+        dataclasses.replace(CONFIG, algorithm="muscle"), profile, TINY_FEDERATION
+    )
+    with trainer.random_state():
+        trainer.train_round(INDICES, _partner_payload())
+    assert trainer.target_projection is None
+    trainer.model.eval()
+    with torch.no_grad():
+        own = trainer.model.encode_public(trainer._batch(trainer.data.public, INDICES))
+    torch.testing.assert_close(trainer.represent(INDICES), own)
+
+
 def test_separate_optimizer_state_keeps_the_task_moments_clean():
     profile = load_federation(TINY_FEDERATION).users[0]
     config = dataclasses.replace(CONFIG, algorithm="pairwise", optimizer_state="separate")

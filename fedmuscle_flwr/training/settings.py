@@ -22,6 +22,7 @@ class TrainSettings:
     contrastive_weight: float = 1.0
     contrastive_steps: int = 1
     projection_steps: int = 0  # steps on the projection head alone before the contrastive ones
+    target_decay: float = 0.0  # the rows sent: a moving average of the projection (0: itself)
     local_steps: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -66,6 +67,7 @@ class TrainSettings:
             contrastive_weight=config.contrastive_weight,
             contrastive_steps=config.contrastive_steps,
             projection_steps=config.projection_steps,
+            target_decay=config.target_decay,
             local_steps=profile.local_steps or config.local_steps,
             batch_size=config.batch_size,
             learning_rate=profile.learning_rate or config.learning_rate,

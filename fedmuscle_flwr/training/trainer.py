@@ -102,6 +102,9 @@ class Trainer:
             )
         # The projection head's own AdamW for ``projection-steps`` (made at the first of them).
         self.projection_optimizer: torch.optim.Optimizer | None = None
+        # target-decay > 0: the moving average over rounds of the projection's tensors, by
+        # name, from which the rows the user sends are made (none before the first round)
+        self.target_projection: dict[str, Tensor] | None = None
         self.private: PrivateSteps | None = None
         if settings.dp:
             self.private = PrivateSteps(
@@ -186,6 +189,7 @@ class Trainer:
         self._set_lr_scale(lr_scale)
         result = self._train_round(indices, payload, weight)
         self._update_average()
+        self._update_target()
         if self.fallback is not None:  # the user alone: its own random state, no payload
             with self.fallback.random_state():
                 self.fallback.train_round(None, None, lr_scale=lr_scale)
@@ -549,6 +553,36 @@ class Trainer:
         for name, tensor in current.items():
             self.averaged[name].lerp_(tensor, 1 - keep)
 
+    @torch.no_grad()
+    def _update_target(self) -> None:
+        """``target-decay`` > 0: fold this round's projection into the sent rows' average."""
+        if self.settings.target_decay == 0:
+            return
+        current = self.model.projection.state_dict()
+        if self.target_projection is None:
+            self.target_projection = {n: t.detach().clone() for n, t in current.items()}
+            return
+        for name, tensor in current.items():
+            self.target_projection[name].lerp_(tensor, 1 - self.settings.target_decay)
+
+    @contextlib.contextmanager
+    def _sending_projection(self) -> Iterator[None]:
+        """Inside, the projection holds the sent rows' average (``target-decay``); then its own.
+
+        The partners align to rows that move slowly from round to round, as momentum
+        encoders keep their targets; the user's own z in its steps is its projection's.
+        """
+        if self.target_projection is None:
+            yield
+            return
+        projection = self.model.projection
+        own = {n: t.detach().clone() for n, t in projection.state_dict().items()}
+        projection.load_state_dict(self.target_projection)
+        try:
+            yield
+        finally:
+            projection.load_state_dict(own)
+
     @contextlib.contextmanager
     def averaged_weights(self) -> Iterator[None]:
         """Inside, the model holds its averaged weights (none yet: its own); then its own again.
@@ -657,9 +691,13 @@ class Trainer:
 
     @torch.no_grad()
     def represent(self, indices: Sequence[int]) -> Tensor:
-        """Z_n on the public batch: (B, d) unit-norm rows, float32 on the CPU."""
+        """Z_n on the public batch: (B, d) unit-norm rows, float32 on the CPU.
+
+        With ``target-decay`` > 0 (*beyond the paper*) the rows come from the moving
+        average of the projection over rounds (:meth:`_sending_projection`).
+        """
         self.model.eval()
-        with self._autocast():
+        with self._autocast(), self._sending_projection():
             z = self.model.encode_public(self._batch(self.data.public, indices))
         return _unit_rows(z)
 
@@ -674,14 +712,14 @@ class Trainer:
         if self.presence_space:  # dense logits come from the spatial path: a second pass
             self.model.eval()
             batch = self._batch(self.data.public, indices)
-            with self._autocast():
+            with self._autocast(), self._sending_projection():
                 z = self.model.encode_public(batch)
                 presence = image_presence(self.model.forward_task(batch))
             return _unit_rows(z), presence.cpu()
         if not self.label_space:
             return self.represent(indices), None
         self.model.eval()
-        with self._autocast():
+        with self._autocast(), self._sending_projection():
             z, logits = self.model.encode_public_with_logits(self._batch(self.data.public, indices))
         probabilities = class_probabilities(logits, temperature=self.settings.distill_temperature)
         return _unit_rows(z), probabilities.cpu()
@@ -701,6 +739,7 @@ class Trainer:
             "fallback_outputs": list(self.fallback_outputs),
             "averaged": None if self.averaged is None else dict(self.averaged),
             "projection_optimizer": None if projection is None else projection.state_dict(),
+            "target_projection": self.target_projection,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -723,6 +762,10 @@ class Trainer:
         self.fallback_outputs = [tuple(pair) for pair in state.get("fallback_outputs", [])]
         if state.get("projection_optimizer"):
             self._projection_optimizer().load_state_dict(state["projection_optimizer"])
+        target = state.get("target_projection")
+        self.target_projection = (
+            None if target is None else {n: t.to(self.device) for n, t in target.items()}
+        )
         averaged = state.get("averaged")
         self.averaged = (
             None if averaged is None else {n: t.to(self.device) for n, t in averaged.items()}
