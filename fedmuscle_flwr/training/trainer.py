@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -43,6 +43,36 @@ EVAL_BATCH = 256
 def _unit_rows(z: Tensor) -> Tensor:
     """Z as the wire carries it: float32 rows of unit norm, on the CPU."""
     return torch.nn.functional.normalize(z.float(), dim=-1).cpu()
+
+
+@torch.no_grad()
+def _folded(
+    average: dict[str, Tensor] | None, current: Mapping[str, Tensor], keep: float
+) -> dict[str, Tensor]:
+    """``average`` moved 1 - ``keep`` of the way to ``current`` by name (in place).
+
+    With no average yet: a copy of ``current``. An exponential moving average over calls.
+    """
+    if average is None:
+        return {name: tensor.detach().clone() for name, tensor in current.items()}
+    for name, tensor in current.items():
+        average[name].lerp_(tensor, 1 - keep)
+    return average
+
+
+@contextlib.contextmanager
+def _holding(tensors: Mapping[str, Tensor], values: Mapping[str, Tensor]) -> Iterator[None]:
+    """Inside, each of ``tensors`` holds the entry of ``values`` of its name; then its own."""
+    own = {name: tensor.detach().clone() for name, tensor in tensors.items()}
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            tensor.copy_(values[name])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                tensor.copy_(own[name])
 
 
 def contrastive_objective(
@@ -540,30 +570,21 @@ class Trainer:
         tensors = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         return tensors | {n: b for n, b in self.model.named_buffers() if b.is_floating_point()}
 
-    @torch.no_grad()
     def _update_average(self) -> None:
         """``weight-average = "ema"``: fold this round's weights into the average."""
-        if self.settings.weight_average != "ema":
-            return
-        current = self._averaged_tensors()
-        if self.averaged is None:
-            self.averaged = {n: t.detach().clone() for n, t in current.items()}
-            return
-        keep = self.settings.weight_average_decay
-        for name, tensor in current.items():
-            self.averaged[name].lerp_(tensor, 1 - keep)
+        if self.settings.weight_average == "ema":
+            self.averaged = _folded(
+                self.averaged, self._averaged_tensors(), self.settings.weight_average_decay
+            )
 
-    @torch.no_grad()
     def _update_target(self) -> None:
         """``target-decay`` > 0: fold this round's projection into the sent rows' average."""
-        if self.settings.target_decay == 0:
-            return
-        current = self.model.projection.state_dict()
-        if self.target_projection is None:
-            self.target_projection = {n: t.detach().clone() for n, t in current.items()}
-            return
-        for name, tensor in current.items():
-            self.target_projection[name].lerp_(tensor, 1 - self.settings.target_decay)
+        if self.settings.target_decay > 0:
+            self.target_projection = _folded(
+                self.target_projection,
+                self.model.projection.state_dict(),
+                self.settings.target_decay,
+            )
 
     @contextlib.contextmanager
     def _sending_projection(self) -> Iterator[None]:
@@ -575,13 +596,8 @@ class Trainer:
         if self.target_projection is None:
             yield
             return
-        projection = self.model.projection
-        own = {n: t.detach().clone() for n, t in projection.state_dict().items()}
-        projection.load_state_dict(self.target_projection)
-        try:
+        with _holding(self.model.projection.state_dict(), self.target_projection):
             yield
-        finally:
-            projection.load_state_dict(own)
 
     @contextlib.contextmanager
     def averaged_weights(self) -> Iterator[None]:
@@ -593,17 +609,8 @@ class Trainer:
         if self.averaged is None:
             yield
             return
-        current = self._averaged_tensors()
-        own = {n: t.detach().clone() for n, t in current.items()}
-        with torch.no_grad():
-            for name, tensor in current.items():
-                tensor.copy_(self.averaged[name])
-        try:
+        with _holding(self._averaged_tensors(), self.averaged):
             yield
-        finally:
-            with torch.no_grad():
-                for name, tensor in current.items():
-                    tensor.copy_(own[name])
 
     def _fallback_decision(self, fallback: Trainer) -> dict[str, float]:
         if self.settings.fallback_criterion == "bootstrap":
