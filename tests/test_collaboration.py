@@ -519,6 +519,13 @@ def test_without_target_decay_the_rows_are_the_projections_own():
     with trainer.random_state():
         trainer.train_round(INDICES, _partner_payload())
     assert trainer.target_projection is None
+    # The model trained alone sends no rows, so it keeps no average even with a decay.
+    alone = build_trainer(
+        dataclasses.replace(CONFIG, algorithm="local", target_decay=0.75), profile, TINY_FEDERATION
+    )
+    with alone.random_state():
+        alone.train_round(INDICES, None)
+    assert alone.target_projection is None
     trainer.model.eval()
     with torch.no_grad():
         own = trainer.model.encode_public(trainer._batch(trainer.data.public, INDICES))

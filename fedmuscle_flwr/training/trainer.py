@@ -578,8 +578,12 @@ class Trainer:
             )
 
     def _update_target(self) -> None:
-        """``target-decay`` > 0: fold this round's projection into the sent rows' average."""
-        if self.settings.target_decay > 0:
+        """``target-decay`` > 0: fold this round's projection into the sent rows' average.
+
+        Only for an algorithm whose users exchange rows: the model trained alone (``local``,
+        the fallback) sends none, so it keeps no average.
+        """
+        if self.settings.target_decay > 0 and get_algorithm(self.settings.algorithm).collaborative:
             self.target_projection = _folded(
                 self.target_projection,
                 self.model.projection.state_dict(),
