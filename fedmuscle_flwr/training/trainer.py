@@ -773,14 +773,12 @@ class Trainer:
         self.fallback_outputs = [tuple(pair) for pair in state.get("fallback_outputs", [])]
         if state.get("projection_optimizer"):
             self._projection_optimizer().load_state_dict(state["projection_optimizer"])
-        target = state.get("target_projection")
-        self.target_projection = (
-            None if target is None else {n: t.to(self.device) for n, t in target.items()}
-        )
-        averaged = state.get("averaged")
-        self.averaged = (
-            None if averaged is None else {n: t.to(self.device) for n, t in averaged.items()}
-        )
+        self.target_projection = self._on_device(state.get("target_projection"))
+        self.averaged = self._on_device(state.get("averaged"))
+
+    def _on_device(self, tensors: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+        """A saved average (by name) on this trainer's device; None stays None."""
+        return None if tensors is None else {n: t.to(self.device) for n, t in tensors.items()}
 
     # ------------------------------------------------------------------ helpers
 
